@@ -1,0 +1,342 @@
+"""Unit tests for the `zizq` click group and `zizq serve` flag handling."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+import zizq
+from zizq.cli import main
+from zizq.cli import serve as serve_module
+from zizq.config import DEFAULT_BACKOFF, BackoffPolicy, ServeConfig
+
+SERVE_FLAGS = [
+    "--root-dir",
+    "--license-key",
+    "--host",
+    "--port",
+    "--admin-host",
+    "--admin-port",
+    "--no-admin",
+    "--log-format",
+    "--log-level",
+    "--log-dir",
+    "--log-rotation",
+    "--log-max-size",
+    "--log-max-files",
+    "--heartbeat-interval",
+    "--global-in-flight-limit",
+    "--default-retry-limit",
+    "--default-backoff-base",
+    "--default-backoff-exponent",
+    "--default-backoff-jitter",
+    "--default-completed-job-retention",
+    "--default-dead-job-retention",
+    "--reaper-check-interval",
+    "--default-commit-mode",
+    "--enqueue-commit-mode",
+    "--cache-size",
+]
+
+BACKOFF_ENV = {
+    "ZIZQ_DEFAULT_BACKOFF_BASE": "3s",
+    "ZIZQ_DEFAULT_BACKOFF_EXPONENT": "3.75",
+    "ZIZQ_DEFAULT_BACKOFF_JITTER": "15s",
+}
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Ambient ZIZQ_* variables from a developer's shell must not change test outcomes.
+    for name in list(os.environ):
+        if name.startswith("ZIZQ_"):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def captured(monkeypatch: pytest.MonkeyPatch) -> list[ServeConfig]:
+    """Replace the server with a stub that records the config it was started with."""
+    configs: list[ServeConfig] = []
+
+    def fake_run(config: ServeConfig) -> int:
+        configs.append(config)
+        return 0
+
+    monkeypatch.setattr(serve_module, "_run", fake_run)
+    return configs
+
+
+def invoke(args: list[str], env: dict[str, str] | None = None) -> Result:
+    return CliRunner().invoke(main, args, env=env, prog_name="zizq")
+
+
+def run_ok(
+    args: list[str], captured: list[ServeConfig], env: dict[str, str] | None = None
+) -> ServeConfig:
+    result = invoke(args, env)
+    assert result.exit_code == 0, result.output
+    assert len(captured) == 1
+    return captured[0]
+
+
+def flat(text: str) -> str:
+    """Help output with wrapping undone (click only wraps at whitespace)."""
+    return " ".join(text.split())
+
+
+# --- group -----------------------------------------------------------------------------
+
+
+def test_version() -> None:
+    result = invoke(["--version"])
+    assert result.exit_code == 0
+    assert result.output == f"zizq {zizq.__version__}\n"
+
+
+def test_group_help_lists_serve_and_globals() -> None:
+    result = invoke(["--help"])
+    assert result.exit_code == 0
+    text = flat(result.output)
+    assert "serve" in text
+    assert "ZIZQ_ROOT_DIR" in text and "ZIZQ_LICENSE_KEY" in text
+
+
+def test_serve_help_lists_every_flag_and_env_var() -> None:
+    result = invoke(["serve", "--help"])
+    assert result.exit_code == 0
+    text = flat(result.output)
+    for flag in SERVE_FLAGS:
+        assert flag in text
+        assert serve_module.envvar_for(flag) in text, flag
+
+
+def test_envvar_names_are_exact() -> None:
+    assert serve_module.envvar_for("--default-backoff-base") == "ZIZQ_DEFAULT_BACKOFF_BASE"
+    assert serve_module.envvar_for("--no-admin") == "ZIZQ_NO_ADMIN"
+
+
+# --- defaults and values ---------------------------------------------------------------
+
+
+def test_bare_zizq_runs_serve_with_defaults(captured: list[ServeConfig]) -> None:
+    config = run_ok([], captured)
+    assert config == ServeConfig(root_dir=Path("./zizq-root"))
+
+
+def test_serve_defaults_match_serve_config(captured: list[ServeConfig]) -> None:
+    config = run_ok(["serve"], captured)
+    assert config == ServeConfig(root_dir=Path("./zizq-root"))
+    assert config.default_backoff == DEFAULT_BACKOFF
+    assert config.enqueue_commit_mode == "buffered"
+
+
+def test_flags_are_parsed(captured: list[ServeConfig], tmp_path: Path) -> None:
+    config = run_ok(
+        [
+            "serve",
+            "--host", "0.0.0.0",
+            "--port", "0",
+            "--admin-port", "9000",
+            "--no-admin",
+            "--log-format", "json",
+            "--log-level", "DEBUG",
+            "--log-dir", str(tmp_path / "logs"),
+            "--log-rotation", "hourly",
+            "--log-max-size", "200MB",
+            "--log-max-files", "20",
+            "--heartbeat-interval", "500ms",
+            "--global-in-flight-limit", "0",
+            "--default-retry-limit", "40",
+            "--default-backoff-base", "3s",
+            "--default-backoff-exponent", "3.75",
+            "--default-backoff-jitter", "15s",
+            "--default-completed-job-retention", "14d",
+            "--default-dead-job-retention", "90000000000y",
+            "--reaper-check-interval", "1m",
+            "--default-commit-mode", "fsync",
+            "--cache-size", "1GiB",
+        ],
+        captured,
+    )  # fmt: skip
+    assert (config.host, config.port, config.admin_port) == ("0.0.0.0", 0, 9000)
+    assert config.admin_enabled is False
+    assert (config.log_format, config.log_level) == ("json", "debug")
+    assert config.log_dir == tmp_path / "logs"
+    assert (config.log_rotation, config.log_max_size, config.log_max_files) == (
+        "hourly",
+        200_000_000,
+        20,
+    )
+    assert config.heartbeat_interval_ms == 500
+    assert config.global_in_flight_limit == 0
+    assert config.default_retry_limit == 40
+    assert config.default_backoff == BackoffPolicy(3000, 3.75, 15_000)
+    assert config.default_completed_retention_ms == 14 * 86_400_000
+    assert config.default_dead_retention_ms == 90_000_000_000 * 365 * 86_400_000
+    assert config.reaper_check_interval_ms == 60_000
+    # The enqueue mode follows the default mode unless given itself.
+    assert (config.default_commit_mode, config.enqueue_commit_mode) == ("fsync", "fsync")
+    assert config.cache_size == 1024**3
+
+
+def test_enqueue_commit_mode_overrides(captured: list[ServeConfig]) -> None:
+    config = run_ok(["serve", "--enqueue-commit-mode", "fsync"], captured)
+    assert (config.default_commit_mode, config.enqueue_commit_mode) == ("buffered", "fsync")
+
+
+def test_env_vars_apply(captured: list[ServeConfig]) -> None:
+    env = {
+        "ZIZQ_PORT": "0",
+        "ZIZQ_NO_ADMIN": "true",
+        "ZIZQ_LOG_FORMAT": "json",
+        "ZIZQ_CACHE_SIZE": "512MB",
+        "ZIZQ_DEFAULT_DEAD_JOB_RETENTION": "3w",
+        **BACKOFF_ENV,
+    }
+    config = run_ok(["serve"], captured, env)
+    assert config.port == 0
+    assert config.admin_enabled is False
+    assert config.log_format == "json"
+    assert config.cache_size == 512_000_000
+    assert config.default_dead_retention_ms == 21 * 86_400_000
+    assert config.default_backoff == BackoffPolicy(3000, 3.75, 15_000)
+
+
+def test_env_vars_apply_to_bare_zizq(captured: list[ServeConfig]) -> None:
+    config = run_ok([], captured, {"ZIZQ_PORT": "0", "ZIZQ_ROOT_DIR": "/tmp/zr"})
+    assert config.port == 0
+    assert config.root_dir == Path("/tmp/zr")
+
+
+def test_flag_beats_env_var(captured: list[ServeConfig]) -> None:
+    config = run_ok(["serve", "--port", "1234"], captured, {"ZIZQ_PORT": "0"})
+    assert config.port == 1234
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "root_dir"),
+    [
+        (["--root-dir", "g", "serve"], {}, "g"),
+        (["serve", "--root-dir", "s"], {}, "s"),
+        (["--root-dir", "g", "serve", "--root-dir", "s"], {}, "s"),
+        (["--root-dir", "g"], {}, "g"),
+        (["serve"], {"ZIZQ_ROOT_DIR": "e"}, "e"),
+        (["--root-dir", "g", "serve"], {"ZIZQ_ROOT_DIR": "e"}, "g"),
+    ],
+)
+def test_root_dir_in_either_position(
+    captured: list[ServeConfig], args: list[str], env: dict[str, str], root_dir: str
+) -> None:
+    assert run_ok(args, captured, env).root_dir == Path(root_dir)
+
+
+def test_license_key_in_either_position(captured: list[ServeConfig]) -> None:
+    assert run_ok(["--license-key", "@/k.jwt", "serve"], captured).license_key == "@/k.jwt"
+    captured.clear()
+    assert run_ok(["serve", "--license-key", "tok"], captured).license_key == "tok"
+    captured.clear()
+    assert run_ok([], captured, {"ZIZQ_LICENSE_KEY": "envtok"}).license_key == "envtok"
+
+
+def test_serve_exit_status_comes_from_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(serve_module, "_run", lambda config: 3)
+    assert invoke(["serve"]).exit_code == 3
+
+
+# --- validation ------------------------------------------------------------------------
+
+
+def assert_usage_error(result: Result, flag: str) -> None:
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, result.output
+    assert flag in errors[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "missing"),
+    [
+        (["--default-backoff-base", "3s"], "--default-backoff-exponent, --default-backoff-jitter"),
+        (
+            ["--default-backoff-base", "3s", "--default-backoff-exponent", "2"],
+            "--default-backoff-jitter",
+        ),
+        (["--default-backoff-jitter", "1s"], "--default-backoff-base, --default-backoff-exponent"),
+    ],
+)
+def test_backoff_flags_all_or_nothing(
+    captured: list[ServeConfig], args: list[str], missing: str
+) -> None:
+    result = invoke(["serve", *args])
+    assert_usage_error(result, f"missing {missing}")
+    assert captured == []
+
+
+def test_backoff_env_vars_count_as_given(captured: list[ServeConfig]) -> None:
+    result = invoke(
+        ["serve", "--default-backoff-base", "3s"], {"ZIZQ_DEFAULT_BACKOFF_EXPONENT": "2"}
+    )
+    assert_usage_error(result, "--default-backoff-jitter")
+    # The exponent came from its env var, so it is not reported missing.
+    assert result.output.rstrip().endswith("missing --default-backoff-jitter")
+
+
+def test_backoff_error_also_for_bare_zizq(captured: list[ServeConfig]) -> None:
+    result = invoke([], {"ZIZQ_DEFAULT_BACKOFF_BASE": "3s"})
+    assert_usage_error(result, "--default-backoff-exponent")
+
+
+@pytest.mark.parametrize(
+    ("args", "flag"),
+    [
+        (["--heartbeat-interval", "soon"], "--heartbeat-interval"),
+        (["--default-dead-job-retention", "-1d"], "--default-dead-job-retention"),
+        (["--heartbeat-interval", "0"], "--heartbeat-interval"),
+        (["--reaper-check-interval", "0s"], "--reaper-check-interval"),
+        (["--cache-size", "lots"], "--cache-size"),
+        (["--log-format", "xml"], "--log-format"),
+        (["--log-level", "loud"], "--log-level"),
+        (["--log-rotation", "weekly"], "--log-rotation"),
+        (["--port", "65536"], "--port"),
+        (["--admin-port", "-1"], "--admin-port"),
+        (["--global-in-flight-limit", "-1"], "--global-in-flight-limit"),
+        (["--default-retry-limit", "-1"], "--default-retry-limit"),
+        (["--log-max-files", "0"], "--log-max-files"),
+        (["--default-commit-mode", "sometimes"], "--default-commit-mode"),
+        (
+            [
+                "--default-backoff-base", "1s",
+                "--default-backoff-exponent", "-1",
+                "--default-backoff-jitter", "1s",
+            ],
+            "--default-backoff-exponent",
+        ),
+    ],
+)  # fmt: skip
+def test_bad_values_exit_2_naming_the_flag(
+    captured: list[ServeConfig], args: list[str], flag: str
+) -> None:
+    assert_usage_error(invoke(["serve", *args]), flag)
+    assert captured == []
+
+
+def test_bad_env_var_value_names_the_flag(captured: list[ServeConfig]) -> None:
+    result = invoke(["serve"], {"ZIZQ_LOG_FORMAT": "xml"})
+    assert_usage_error(result, "--log-format")
+    assert "ZIZQ_LOG_FORMAT" in result.output
+
+
+# --- the pure mapping ------------------------------------------------------------------
+
+
+def test_serve_config_from_params_via_make_context() -> None:
+    ctx = serve_module.serve.make_context(
+        "serve", ["--port", "0", "--enqueue-commit-mode", "fsync"]
+    )
+    config = serve_module.serve_config_from_params(**ctx.params)
+    assert config.port == 0
+    assert config.enqueue_commit_mode == "fsync"
+    assert config.root_dir == Path("zizq-root")

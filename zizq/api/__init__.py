@@ -1,0 +1,1 @@
+"""HTTP API: Falcon resources that translate requests into engine calls."""

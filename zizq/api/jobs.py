@@ -1,0 +1,46 @@
+"""Enqueue (single and bulk) and reading one job."""
+
+import falcon
+
+from zizq.api.codec import job_with_payload, read_body, respond, response_type
+from zizq.queue import Engine
+from zizq.queue.records import public_view
+from zizq.queue.spec import parse_bulk, parse_job
+
+
+class JobCollection:
+    """POST /jobs"""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    async def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        media = response_type(req)
+        spec = parse_job(await read_body(req))
+        (job,) = await self._engine.enqueue([spec])
+        respond(req, resp, job, 201, media)
+
+
+class BulkJobs:
+    """POST /jobs/bulk: all jobs or none."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    async def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        media = response_type(req)
+        specs = parse_bulk(await read_body(req))
+        jobs = await self._engine.enqueue(specs)
+        respond(req, resp, {"jobs": jobs}, 201, media)
+
+
+class JobItem:
+    """GET /jobs/{id}"""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    async def on_get(self, req: falcon.Request, resp: falcon.Response, job_id: str) -> None:
+        media = response_type(req)
+        record, payload = self._engine.get_job(job_id)
+        respond(req, resp, job_with_payload(public_view(job_id, record), payload), 200, media)

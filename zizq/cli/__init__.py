@@ -1,0 +1,40 @@
+"""The `zizq` command: a click group whose default subcommand is `serve`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from zizq import __version__
+from zizq.cli.serve import (
+    CONTEXT_SETTINGS,
+    GlobalOptions,
+    license_key_option,
+    root_dir_option,
+)
+from zizq.cli.serve import serve as serve_command  # keeps `zizq.cli.serve` naming the module
+
+__all__ = ["main"]
+
+
+@click.group(name="zizq", invoke_without_command=True, context_settings=CONTEXT_SETTINGS)
+@click.version_option(__version__, prog_name="zizq", message="%(prog)s %(version)s")
+@root_dir_option
+@license_key_option
+@click.pass_context
+def main(ctx: click.Context, root_dir: Path, license_key: str | None) -> None:
+    """Zizq: a durable job queue server. Runs `serve` when no command is given."""
+    ctx.obj = GlobalOptions(root_dir=root_dir, license_key=license_key)
+    if ctx.invoked_subcommand is None:
+        _invoke_default(ctx)
+
+
+def _invoke_default(ctx: click.Context) -> None:
+    # Parse an empty argument list rather than using ctx.invoke(), so that serve's env vars,
+    # defaults and validation apply exactly as for an explicit `zizq serve`.
+    with serve_command.make_context("serve", [], parent=ctx) as sub_ctx:
+        serve_command.invoke(sub_ctx)
+
+
+main.add_command(serve_command)

@@ -1,0 +1,323 @@
+"""`zizq serve`: parse and validate the server's flags into a `ServeConfig`, then run it.
+
+Every flag has an exactly named `ZIZQ_*` environment variable. The global options
+(`--root-dir`, `--license-key`) are defined here too, because they are accepted both before
+the subcommand (on the group) and after it (on `serve`).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from click.core import ParameterSource
+
+from zizq.config import DEFAULT_BACKOFF, DURATION, SIZE, BackoffPolicy, ServeConfig
+
+__all__ = [
+    "CONTEXT_SETTINGS",
+    "GlobalOptions",
+    "config_from_context",
+    "envvar_for",
+    "license_key_option",
+    "root_dir_option",
+    "serve",
+    "serve_config_from_params",
+]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+CONTEXT_SETTINGS: dict[str, Any] = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+COMMIT_MODES = ("buffered", "fsync")
+LOG_LEVELS = ("trace", "debug", "info", "warn", "warning", "error")
+BACKOFF_FLAGS = ("--default-backoff-base", "--default-backoff-exponent", "--default-backoff-jitter")
+
+
+def envvar_for(flag: str) -> str:
+    """`--default-backoff-base` -> `ZIZQ_DEFAULT_BACKOFF_BASE` (the documented names)."""
+    return "ZIZQ_" + flag.removeprefix("--").upper().replace("-", "_")
+
+
+def _option(flag: str, help: str, **kwargs: Any) -> Callable[[F], F]:
+    """A click option with its exact env var shown in `--help`, and its default shown."""
+    kwargs.setdefault("show_default", True)
+    return click.option(flag, envvar=envvar_for(flag), show_envvar=True, help=help, **kwargs)
+
+
+def _positive(_ctx: click.Context, _param: click.Parameter, value: int) -> int:
+    """Reject zero for intervals: a zero period would spin a background loop."""
+    if value <= 0:
+        raise click.BadParameter("must be greater than 0")
+    return value
+
+
+# --- global options --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GlobalOptions:
+    """Global option values as resolved by the `zizq` group, shared with subcommands."""
+
+    root_dir: Path
+    license_key: str | None
+
+
+root_dir_option = _option(
+    "--root-dir",
+    "Directory holding the database and other server files.",
+    type=click.Path(file_okay=False, path_type=Path),
+    default="./zizq-root",
+)
+license_key_option = _option(
+    "--license-key",
+    "License key (a JWT), or @path to a file holding it (re-read every 5s).",
+    default=None,
+    show_default=False,
+)
+
+
+def _global_value(ctx: click.Context, name: str) -> Any:
+    """A global option's value: given after the subcommand wins, else the group's value.
+
+    Both positions read the same env var, so only a command-line value here can differ
+    from what the group already resolved (command line > env var > default).
+    """
+    own = ctx.params[name]
+    if ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE:
+        return own
+    group = ctx.find_object(GlobalOptions)
+    return getattr(group, name) if group is not None else own
+
+
+# --- config building -------------------------------------------------------------------
+
+
+def _backoff(base: int | None, exponent: float | None, jitter: int | None) -> BackoffPolicy:
+    """The default backoff policy: all three parts given (flag or env var) or none.
+
+    The backoff flags have no click default (their documented defaults are display-only),
+    so `None` means "not given" whether the value would have come from a flag or env var.
+    """
+    values = (base, exponent, jitter)
+    if all(v is None for v in values):
+        return DEFAULT_BACKOFF
+    missing = [flag for flag, v in zip(BACKOFF_FLAGS, values, strict=True) if v is None]
+    if missing:
+        raise click.UsageError(
+            f"{', '.join(BACKOFF_FLAGS[:2])} and {BACKOFF_FLAGS[2]} must be given together; "
+            f"missing {', '.join(missing)}"
+        )
+    assert base is not None and exponent is not None and jitter is not None
+    return BackoffPolicy(base_ms=base, exponent=float(exponent), jitter_ms=jitter)
+
+
+def serve_config_from_params(**params: Any) -> ServeConfig:
+    """Map `serve`'s parameter values (click's names) onto a `ServeConfig`.
+
+    Raises `click.UsageError` when only some of the backoff flags were given.
+    """
+    default_commit_mode: str = params["default_commit_mode"]
+    return ServeConfig(
+        root_dir=Path(params["root_dir"]),
+        license_key=params["license_key"],
+        host=params["host"],
+        port=params["port"],
+        admin_host=params["admin_host"],
+        admin_port=params["admin_port"],
+        admin_enabled=not params["no_admin"],
+        log_format=params["log_format"],
+        log_level=params["log_level"],
+        log_dir=params["log_dir"],
+        log_rotation=params["log_rotation"],
+        log_max_size=params["log_max_size"],
+        log_max_files=params["log_max_files"],
+        heartbeat_interval_ms=params["heartbeat_interval"],
+        global_in_flight_limit=params["global_in_flight_limit"],
+        default_retry_limit=params["default_retry_limit"],
+        default_backoff=_backoff(
+            params["default_backoff_base"],
+            params["default_backoff_exponent"],
+            params["default_backoff_jitter"],
+        ),
+        default_completed_retention_ms=params["default_completed_job_retention"],
+        default_dead_retention_ms=params["default_dead_job_retention"],
+        reaper_check_interval_ms=params["reaper_check_interval"],
+        default_commit_mode=default_commit_mode,
+        enqueue_commit_mode=params["enqueue_commit_mode"] or default_commit_mode,
+        cache_size=params["cache_size"],
+    )
+
+
+def config_from_context(ctx: click.Context) -> ServeConfig:
+    """Build the config for an invocation of `serve`, honouring group-level globals."""
+    params = dict(ctx.params)
+    params["root_dir"] = _global_value(ctx, "root_dir")
+    params["license_key"] = _global_value(ctx, "license_key")
+    return serve_config_from_params(**params)
+
+
+def _run(config: ServeConfig) -> int:
+    """Start the server; a module-level seam so tests can replace it."""
+    # Imported here so that `zizq --help` does not pay for loading the server stack.
+    from zizq.server import run
+
+    return run(config)
+
+
+# --- the command -----------------------------------------------------------------------
+
+_SERVE_OPTIONS: list[Callable[[F], F]] = [
+    root_dir_option,
+    license_key_option,
+    _option("--host", "Address the primary API listens on.", default="127.0.0.1"),
+    _option(
+        "--port",
+        "Port of the primary API (0 = pick a free port).",
+        type=click.IntRange(0, 65535),
+        default=7890,
+    ),
+    _option("--admin-host", "Address the admin API listens on.", default="127.0.0.1"),
+    _option(
+        "--admin-port",
+        "Port of the admin API (0 = pick a free port).",
+        type=click.IntRange(0, 65535),
+        default=8901,
+    ),
+    _option("--no-admin", "Do not start the admin API.", is_flag=True, show_default=False),
+    _option(
+        "--log-format", "Log line format.", type=click.Choice(["pretty", "json"]), default="pretty"
+    ),
+    _option(
+        "--log-level",
+        "Minimum level of log records to write.",
+        type=click.Choice(LOG_LEVELS, case_sensitive=False),
+        default="info",
+    ),
+    _option(
+        "--log-dir",
+        "Write logs to <dir>/zizq.log instead of stdout.",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=None,
+    ),
+    _option(
+        "--log-rotation",
+        "Time-based rotation of the log file (with --log-dir).",
+        type=click.Choice(["daily", "hourly", "never"]),
+        default="daily",
+    ),
+    _option(
+        "--log-max-size",
+        "Rotate the log file when it reaches this size.",
+        type=SIZE,
+        default="100MB",
+    ),
+    _option(
+        "--log-max-files",
+        "How many rotated log files to keep.",
+        type=click.IntRange(min=1),
+        default=10,
+    ),
+    _option(
+        "--heartbeat-interval",
+        "Interval between heartbeats on idle take streams.",
+        type=DURATION,
+        default="3s",
+        callback=_positive,
+    ),
+    _option(
+        "--global-in-flight-limit",
+        "Maximum in-flight jobs across all workers (0 = no limit).",
+        type=click.IntRange(min=0),
+        default=1024,
+    ),
+    _option(
+        "--default-retry-limit",
+        "Retries allowed for jobs that do not set their own limit.",
+        type=click.IntRange(min=0),
+        default=25,
+    ),
+    _option(
+        "--default-backoff-base",
+        "Base retry delay B (give all three backoff flags together).",
+        type=DURATION,
+        default=None,
+        show_default="15s",
+    ),
+    _option(
+        "--default-backoff-exponent",
+        "Backoff exponent E applied to the attempt count.",
+        type=click.FloatRange(min=0),
+        default=None,
+        show_default="4",
+    ),
+    _option(
+        "--default-backoff-jitter",
+        "Maximum random jitter J per attempt.",
+        type=DURATION,
+        default=None,
+        show_default="30s",
+    ),
+    _option(
+        "--default-completed-job-retention",
+        "How long completed jobs are kept (0 = remove at once).",
+        type=DURATION,
+        default="0",
+    ),
+    _option(
+        "--default-dead-job-retention",
+        "How long dead jobs are kept (0 = remove at once).",
+        type=DURATION,
+        default="7d",
+    ),
+    _option(
+        "--reaper-check-interval",
+        "How often expired terminal jobs are purged.",
+        type=DURATION,
+        default="30s",
+        callback=_positive,
+    ),
+    _option(
+        "--default-commit-mode",
+        "Durability of every write: buffered (OS buffers) or fsync.",
+        type=click.Choice(COMMIT_MODES),
+        default="buffered",
+    ),
+    _option(
+        "--enqueue-commit-mode",
+        "Durability of enqueue writes only.",
+        type=click.Choice(COMMIT_MODES),
+        default=None,
+        show_default="same as --default-commit-mode",
+    ),
+    _option(
+        "--cache-size",
+        "Block cache size of the storage engine.",
+        type=SIZE,
+        default="256MiB",
+    ),
+]
+
+
+def _with_options(options: list[Callable[[F], F]]) -> Callable[[F], F]:
+    """Apply options so that `--help` lists them in the order written above."""
+
+    def decorate(func: F) -> F:
+        for option in reversed(options):
+            func = option(func)
+        return func
+
+    return decorate
+
+
+@click.command("serve", context_settings=CONTEXT_SETTINGS)
+@_with_options(_SERVE_OPTIONS)
+@click.pass_context
+def serve(ctx: click.Context, **_params: Any) -> None:
+    """Run the job queue server (the default command)."""
+    config = config_from_context(ctx)
+    sys.exit(_run(config))

@@ -1,0 +1,23 @@
+"""Retry delays after a failure."""
+
+import random
+
+from zizq.config import BackoffPolicy
+
+
+def retry_delay_ms(policy: BackoffPolicy, attempts: int, rng: random.Random = random._inst) -> int:
+    """Delay before the next attempt, `attempts` counting the failure just recorded.
+
+    base + attempts^exponent seconds + a jitter that grows with the attempts,
+    so that failures clustered in time spread out on retry.
+    """
+    jitter = rng.uniform(0, policy.jitter_ms) if policy.jitter_ms > 0 else 0.0
+    delay = policy.base_ms + (attempts**policy.exponent) * 1000 + jitter * attempts
+    return int(delay)
+
+
+def policy_from_record(record: dict, default: BackoffPolicy) -> BackoffPolicy:
+    custom = record.get("backoff")
+    if custom is None:
+        return default
+    return BackoffPolicy(custom["base_ms"], float(custom["exponent"]), custom["jitter_ms"])

@@ -1,0 +1,56 @@
+"""A worker's take stream as the engine sees it: which queues it wants, how
+many unacknowledged jobs it may hold, and the jobs waiting to be written out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from dataclasses import dataclass
+
+
+@dataclass(slots=True)
+class Delivery:
+    job_id: str
+    record: dict
+    payload: bytes | None  # msgpack-encoded payload
+
+
+class ConsumerClosed(Exception):
+    """The stream was closed by the engine (server shutdown)."""
+
+
+class Consumer:
+    def __init__(self, queues: frozenset[str] | None, prefetch: int) -> None:
+        self.queues = queues  # None means every queue
+        self.prefetch = prefetch
+        self.in_flight: set[str] = set()
+        self.closed = False
+        self._outbox: deque[Delivery] = deque()
+        self._wake = asyncio.Event()
+
+    @property
+    def capacity(self) -> int:
+        return self.prefetch - len(self.in_flight)
+
+    def deliver(self, deliveries: list[Delivery]) -> None:
+        self._outbox.extend(deliveries)
+        self._wake.set()
+
+    def close(self) -> None:
+        self.closed = True
+        self._wake.set()
+
+    async def next_deliveries(self, timeout: float) -> list[Delivery]:
+        """Jobs to write out now; an empty list means `timeout` passed (send a heartbeat)."""
+        if not self._outbox and not self.closed:
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            except TimeoutError:
+                return []
+        if self.closed:
+            raise ConsumerClosed
+        self._wake.clear()
+        out = list(self._outbox)
+        self._outbox.clear()
+        return out

@@ -1,0 +1,388 @@
+"""The job engine: every state change of a job goes through here.
+
+Rules that keep it correct:
+- A change becomes visible in the in-memory indexes only after its write
+  batch is committed, so nothing is dispatched that a crash could lose, and a
+  write waiting for an fsync is never overtaken by a later write to the same job.
+- Every API call is one write batch.
+- The indexes are caches of the store: stale entries are detected against the
+  stored record, never trusted blindly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+
+import scru128
+
+from zizq.config import BackoffPolicy, ServeConfig
+from zizq.logs import log_event
+from zizq.queue.backoff import policy_from_record, retry_delay_ms
+from zizq.queue.consumer import Consumer
+from zizq.queue.dispatch import Dispatcher, InFlightEntry
+from zizq.queue.errors import NotFound
+from zizq.queue.indexes import ReadyIndex, TimerHeap
+from zizq.queue.records import (
+    COMPLETED,
+    DEAD,
+    DEFAULT_PRIORITY,
+    IN_FLIGHT,
+    READY,
+    SCHEDULED,
+    TERMINAL,
+    is_purged,
+    now_ms,
+    public_view,
+)
+from zizq.queue.spec import FailureSpec, JobSpec
+from zizq.store import CommitMode, Committer, Store, WriteBatch
+
+logger = logging.getLogger("zizq.engine")
+
+PROMOTE_SLICE = 2000  # scheduled jobs promoted per loop iteration
+REAP_SLICE = 1000  # expired jobs deleted per write batch
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    heartbeat_interval_ms: int = 3000
+    global_in_flight_limit: int = 1024
+    default_retry_limit: int = 25
+    default_backoff: BackoffPolicy = BackoffPolicy(15000, 4.0, 30000)
+    default_completed_retention_ms: int = 0
+    default_dead_retention_ms: int = 7 * 24 * 3600 * 1000
+    reaper_check_interval_ms: int = 30000
+    default_commit_mode: CommitMode = CommitMode.BUFFERED
+    enqueue_commit_mode: CommitMode = CommitMode.BUFFERED
+
+    @classmethod
+    def from_config(cls, config: ServeConfig) -> EngineSettings:
+        return cls(
+            heartbeat_interval_ms=config.heartbeat_interval_ms,
+            global_in_flight_limit=config.global_in_flight_limit,
+            default_retry_limit=config.default_retry_limit,
+            default_backoff=config.default_backoff,
+            default_completed_retention_ms=config.default_completed_retention_ms,
+            default_dead_retention_ms=config.default_dead_retention_ms,
+            reaper_check_interval_ms=config.reaper_check_interval_ms,
+            default_commit_mode=CommitMode(config.default_commit_mode),
+            enqueue_commit_mode=CommitMode(config.enqueue_commit_mode),
+        )
+
+
+class Engine:
+    def __init__(self, store: Store, settings: EngineSettings) -> None:
+        self.store = store
+        self.settings = settings
+        self.committer = Committer(store)
+        self.ready = ReadyIndex()
+        self.scheduled = TimerHeap()
+        self.purges = TimerHeap()
+        self.dispatcher = Dispatcher(store, self.ready, settings.global_in_flight_limit)
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_due: int | None = None
+        self._reaper: asyncio.Task | None = None
+
+    # -- lifecycle -------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._rebuild_indexes()
+        self._arm_scheduler()
+        self._reaper = asyncio.create_task(self._reap_forever(), name="zizq-reaper")
+
+    def _rebuild_indexes(self) -> None:
+        """Load the indexes from disk; jobs that were in flight go back to ready."""
+        ready, scheduled, purges = [], [], []
+        requeue = self.store.batch()
+        requeued = 0
+        for job_id, record in self.store.iter_jobs():
+            status = record["status"]
+            if status == IN_FLIGHT:
+                record["status"] = READY
+                record.pop("dequeued_at", None)
+                requeue.put_job(job_id, record)
+                requeued += 1
+                status = READY
+            if status == READY:
+                ready.append((record["queue"], record["priority"], job_id))
+            elif status == SCHEDULED:
+                scheduled.append((record["ready_at"], job_id))
+            elif status in TERMINAL and "purge_at" in record:
+                purges.append((record["purge_at"], job_id))
+        if requeued:
+            self.store.write(requeue, sync=True)
+        self.ready.load(ready)
+        self.scheduled.load(scheduled)
+        self.purges.load(purges)
+        log_event(
+            logger,
+            logging.INFO,
+            "in-memory indexes rebuilt",
+            ready=len(ready),
+            scheduled=len(scheduled),
+            in_flight_requeued=requeued,
+            retained=len(purges),
+        )
+
+    async def stop(self) -> None:
+        """Close every take stream and return their jobs to ready; stop timers."""
+        for consumer in self.dispatcher.consumers():
+            consumer.close()
+            self.close_consumer(consumer)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+            self._reaper = None
+        self.committer.close()
+
+    # -- enqueue ---------------------------------------------------------------
+
+    def _new_record(self, spec: JobSpec, now: int) -> dict:
+        ready_at = now if spec.ready_at is None else spec.ready_at
+        record = {
+            "queue": spec.queue,
+            "type": spec.type,
+            "priority": DEFAULT_PRIORITY if spec.priority is None else spec.priority,
+            "status": SCHEDULED if ready_at > now else READY,
+            "ready_at": ready_at,
+            "attempts": 0,
+        }
+        if spec.retry_limit is not None:
+            record["retry_limit"] = spec.retry_limit
+        if spec.backoff is not None:
+            record["backoff"] = spec.backoff
+        if spec.retention is not None:
+            record["retention"] = spec.retention
+        return record
+
+    async def enqueue(self, specs: list[JobSpec]) -> list[dict]:
+        """Create jobs atomically; returns their public views in input order."""
+        now = now_ms()
+        batch = self.store.batch()
+        created = []
+        for spec in specs:
+            job_id = scru128.new_string()
+            record = self._new_record(spec, now)
+            batch.put_job(job_id, record)
+            batch.put_payload(job_id, spec.payload)
+            created.append((job_id, record))
+        if created:
+            await self.committer.commit(batch, self.settings.enqueue_commit_mode)
+        for job_id, record in created:
+            self._index_waiting(job_id, record)
+        self._after_index_change()
+        return [public_view(job_id, record, duplicate=False) for job_id, record in created]
+
+    def _index_waiting(self, job_id: str, record: dict) -> None:
+        if record["status"] == READY:
+            self.ready.push(record["queue"], record["priority"], job_id)
+        elif record["status"] == SCHEDULED:
+            self.scheduled.push(record["ready_at"], job_id)
+
+    def _after_index_change(self) -> None:
+        self.dispatcher.request_pump()
+        self._arm_scheduler()
+
+    # -- reads -----------------------------------------------------------------
+
+    def get_job(self, job_id: str) -> tuple[dict, bytes | None]:
+        record = self.store.get_job(job_id) if _plausible_id(job_id) else None
+        if record is None or is_purged(record, now_ms()):
+            raise NotFound("job not found")
+        return record, self.store.get_payload(job_id)
+
+    # -- take streams ----------------------------------------------------------
+
+    def open_consumer(self, queues: frozenset[str] | None, prefetch: int) -> Consumer:
+        consumer = Consumer(queues, prefetch)
+        self.dispatcher.add(consumer)
+        return consumer
+
+    def close_consumer(self, consumer: Consumer) -> int:
+        """The stream is gone: its unacknowledged jobs become ready at once, attempts unchanged."""
+        returned = self.dispatcher.remove(consumer)
+        if not returned:
+            return 0
+        batch = self.store.batch()
+        for job_id, record in returned:
+            record["status"] = READY
+            record.pop("dequeued_at", None)
+            batch.put_job(job_id, record)
+        self.store.write(batch)
+        for job_id, record in returned:
+            self.ready.push(record["queue"], record["priority"], job_id)
+        self.dispatcher.request_pump()
+        return len(returned)
+
+    # -- acks and failures -----------------------------------------------------
+
+    def _finish(
+        self, batch: WriteBatch, job_id: str, record: dict, status: str, now: int
+    ) -> int | None:
+        """Move a job to a terminal status; returns its purge time if it is retained."""
+        record["status"] = status
+        if status == COMPLETED:
+            record["completed_at"] = now
+        retention = record.get("retention", {})
+        key = "completed_ms" if status == COMPLETED else "dead_ms"
+        default = (
+            self.settings.default_completed_retention_ms
+            if status == COMPLETED
+            else self.settings.default_dead_retention_ms
+        )
+        keep_ms = retention.get(key, default)
+        if keep_ms <= 0:
+            batch.delete_job(job_id)
+            return None
+        record["purge_at"] = now + keep_ms
+        batch.put_job(job_id, record)
+        return record["purge_at"]
+
+    async def ack(self, job_id: str) -> bool:
+        """Mark one in-flight job completed; False if it is not in flight."""
+        return not await self.ack_many([job_id])
+
+    async def ack_many(self, job_ids: list[str]) -> list[str]:
+        """Complete every in-flight job listed; returns the ids that were not in flight."""
+        now = now_ms()
+        batch = self.store.batch()
+        claimed: list[tuple[str, InFlightEntry, int | None]] = []
+        not_found = []
+        for job_id in job_ids:
+            entry = self.dispatcher.claim(job_id)
+            if entry is None:
+                not_found.append(job_id)
+                continue
+            purge_at = self._finish(batch, job_id, entry.record, COMPLETED, now)
+            claimed.append((job_id, entry, purge_at))
+        if claimed:
+            await self.committer.commit(batch, self.settings.default_commit_mode)
+        for job_id, entry, purge_at in claimed:
+            if purge_at is not None:
+                self.purges.push(purge_at, job_id)
+            self.dispatcher.release(entry, job_id)
+        return not_found
+
+    async def fail(self, job_id: str, failure: FailureSpec) -> dict:
+        """Record a failure, then retry later, or kill. Returns the job's public view."""
+        entry = self.dispatcher.claim(job_id)
+        if entry is None:
+            raise NotFound("job not found or not in flight")
+        record = entry.record
+        now = now_ms()
+        attempts = record["attempts"] + 1
+        record["attempts"] = attempts
+        record["failed_at"] = now
+        error = {"attempt": attempts, "message": failure.message}
+        if failure.error_type is not None:
+            error["error_type"] = failure.error_type
+        if failure.backtrace is not None:
+            error["backtrace"] = failure.backtrace
+        error["dequeued_at"] = record.get("dequeued_at")
+        error["failed_at"] = now
+        batch = self.store.batch()
+        batch.put_error(job_id, attempts, error)
+        retry_limit = record.get("retry_limit", self.settings.default_retry_limit)
+        purge_at = None
+        if failure.kill or attempts > retry_limit:
+            purge_at = self._finish(batch, job_id, record, DEAD, now)
+        else:
+            if failure.retry_at is not None:
+                ready_at = failure.retry_at
+            else:
+                policy = policy_from_record(record, self.settings.default_backoff)
+                ready_at = now + retry_delay_ms(policy, attempts)
+            record["ready_at"] = ready_at
+            record["status"] = SCHEDULED if ready_at > now else READY
+            batch.put_job(job_id, record)
+        await self.committer.commit(batch, self.settings.default_commit_mode)
+        if purge_at is not None:
+            self.purges.push(purge_at, job_id)
+        self._index_waiting(job_id, record)
+        self.dispatcher.release(entry, job_id)
+        self._arm_scheduler()
+        return public_view(job_id, record)
+
+    # -- scheduler -------------------------------------------------------------
+
+    def _arm_scheduler(self) -> None:
+        """Sleep until the next scheduled job is due (a timer, not a poll)."""
+        due = self.scheduled.next_due()
+        if due is None or (
+            self._timer is not None and self._timer_due is not None and self._timer_due <= due
+        ):
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        # +1 ms so the timer never fires in the millisecond before the job is due.
+        delay = max(0.0, (due - now_ms() + 1) / 1000)
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(delay, self._promote_due)
+        self._timer_due = due
+
+    def _promote_due(self) -> None:
+        self._timer = None
+        self._timer_due = None
+        now = now_ms()
+        due = self.scheduled.pop_due(now, PROMOTE_SLICE)
+        batch = self.store.batch()
+        promoted = []
+        for ready_at, job_id in due:
+            record = self.store.get_job(job_id)
+            if record is None or record["status"] != SCHEDULED or record["ready_at"] != ready_at:
+                continue  # stale: the job was patched, deleted or already moved on
+            record["status"] = READY
+            batch.put_job(job_id, record)
+            promoted.append((job_id, record))
+        if promoted:
+            self.store.write(batch)
+            for job_id, record in promoted:
+                self.ready.push(record["queue"], record["priority"], job_id)
+            self.dispatcher.request_pump()
+        if len(due) == PROMOTE_SLICE:
+            # More are due: continue on the next loop iteration so requests keep flowing.
+            asyncio.get_running_loop().call_soon(self._promote_due)
+        else:
+            self._arm_scheduler()
+
+    # -- reaper ------------------------------------------------------------------
+
+    async def _reap_forever(self) -> None:
+        interval = self.settings.reaper_check_interval_ms / 1000
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.reap()
+            except Exception:  # keep reaping on the next tick; never kill the server
+                logger.exception("reaper pass failed")
+
+    async def reap(self) -> int:
+        """Delete every job whose retention has ended; returns how many."""
+        removed = 0
+        while True:
+            due = self.purges.pop_due(now_ms(), REAP_SLICE)
+            if not due:
+                return removed
+            batch = self.store.batch()
+            for purge_at, job_id in due:
+                record = self.store.get_job(job_id)
+                if (
+                    record is not None
+                    and record["status"] in TERMINAL
+                    and record.get("purge_at") == purge_at
+                ):
+                    batch.delete_job(job_id)
+                    removed += 1
+            self.store.write(batch)
+            await asyncio.sleep(0)  # let requests in between slices
+
+
+def _plausible_id(job_id: str) -> bool:
+    return len(job_id) == 25 and job_id.isascii() and job_id.isalnum()

@@ -1,0 +1,37 @@
+"""The job record: what we store per job besides its payload.
+
+A record is a plain dict whose keys are exactly the fields of the public job
+shape (minus `id` and `payload`), holding only the fields that are set, so
+turning it into a response is a dict merge and no field is ever `null`.
+"""
+
+import time
+
+SCHEDULED = "scheduled"
+READY = "ready"
+IN_FLIGHT = "in_flight"
+COMPLETED = "completed"
+DEAD = "dead"
+
+STATUSES = (SCHEDULED, READY, IN_FLIGHT, COMPLETED, DEAD)
+TERMINAL = frozenset((COMPLETED, DEAD))
+
+DEFAULT_PRIORITY = 32768
+MAX_PRIORITY = 65535
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def is_purged(record: dict, now: int) -> bool:
+    """A job past its purge time is invisible even before the reaper removes it."""
+    purge_at = record.get("purge_at")
+    return purge_at is not None and purge_at <= now
+
+
+def public_view(job_id: str, record: dict, **extra) -> dict:
+    view = {"id": job_id}
+    view.update(record)
+    view.update(extra)
+    return view
