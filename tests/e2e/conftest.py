@@ -30,7 +30,10 @@ def server(start_server) -> ZizqServer:
     return start_server()
 
 
-@pytest.fixture(params=[(fmt, h2) for fmt in FORMATS for h2 in (False, True)], ids=lambda p: f"{p[0]}-{'h2c' if p[1] else 'h1'}")
+@pytest.fixture(
+    params=[(fmt, h2) for fmt in FORMATS for h2 in (False, True)],
+    ids=lambda p: f"{p[0]}-{'h2c' if p[1] else 'h1'}",
+)
 def protocol(request) -> tuple[str, bool]:
     """Every combination of body format (JSON, MessagePack) and HTTP version (1.1, h2c)."""
     return request.param

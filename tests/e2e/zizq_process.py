@@ -151,7 +151,9 @@ MEDIA = {"json": "application/json", "msgpack": "application/msgpack"}
 class Api:
     """A blocking client speaking JSON or MessagePack over HTTP/1.1 or h2c."""
 
-    def __init__(self, base_url: str, fmt: str = "json", http2: bool = False, timeout: float = 15.0) -> None:
+    def __init__(
+        self, base_url: str, fmt: str = "json", http2: bool = False, timeout: float = 15.0
+    ) -> None:
         self.fmt = fmt
         self.http2 = http2
         self.client = httpx.Client(base_url=base_url, http1=not http2, http2=http2, timeout=timeout)
@@ -176,7 +178,15 @@ class Api:
             return msgpack.unpackb(response.content, strict_map_key=False)
         return orjson.loads(response.content)
 
-    def request(self, method: str, path: str, body=None, *, raw: bytes | None = None, headers: dict | None = None):
+    def request(
+        self,
+        method: str,
+        path: str,
+        body=None,
+        *,
+        raw: bytes | None = None,
+        headers: dict | None = None,
+    ):
         """Returns (status, decoded body or None, response)."""
         hdrs = {"accept": MEDIA[self.fmt]}
         content = raw
@@ -187,7 +197,9 @@ class Api:
         hdrs.update(headers or {})
         response = self.client.request(method, path, content=content, headers=hdrs)
         if response.http_version != ("HTTP/2" if self.http2 else "HTTP/1.1"):
-            raise AssertionError(f"expected {'h2c' if self.http2 else 'HTTP/1.1'}, got {response.http_version}")
+            raise AssertionError(
+                f"expected {'h2c' if self.http2 else 'HTTP/1.1'}, got {response.http_version}"
+            )
         return response.status_code, self.decode(response), response
 
     def get(self, path: str, **kw):
@@ -197,7 +209,12 @@ class Api:
         return self.request("POST", path, body, **kw)
 
     def enqueue(self, queue: str = "default", type: str = "test", payload=None, **fields) -> dict:
-        body = {"queue": queue, "type": type, "payload": {} if payload is None else payload, **fields}
+        body = {
+            "queue": queue,
+            "type": type,
+            "payload": {} if payload is None else payload,
+            **fields,
+        }
         status, job, _ = self.post("/jobs", body)
         assert status == 201, (status, job)
         return job
@@ -224,9 +241,13 @@ class TakeStream:
             params["queue"] = queues
         if prefetch is not None:
             params["prefetch"] = str(prefetch)
-        accept = "application/vnd.zizq.msgpack-stream" if fmt == "msgpack" else "application/x-ndjson"
+        accept = (
+            "application/vnd.zizq.msgpack-stream" if fmt == "msgpack" else "application/x-ndjson"
+        )
         self.fmt = fmt
-        self.client = httpx.Client(base_url=base_url, http1=not http2, http2=http2, timeout=httpx.Timeout(30.0))
+        self.client = httpx.Client(
+            base_url=base_url, http1=not http2, http2=http2, timeout=httpx.Timeout(30.0)
+        )
         self._items: queue.Queue = queue.Queue()
         self._closed = threading.Event()
         self._connected = threading.Event()
@@ -240,7 +261,9 @@ class TakeStream:
 
     def _run(self, params: dict, accept: str) -> None:
         try:
-            with self.client.stream("GET", "/jobs/take", params=params, headers={"accept": accept}) as response:
+            with self.client.stream(
+                "GET", "/jobs/take", params=params, headers={"accept": accept}
+            ) as response:
                 self.status = response.status_code
                 self.content_type = response.headers.get("content-type")
                 stream = response.extensions.get("network_stream")
@@ -265,7 +288,9 @@ class TakeStream:
                 if len(buffer) < 4 + size:
                     break
                 frame, buffer = buffer[4 : 4 + size], buffer[4 + size :]
-                self._items.put(self.HEARTBEAT if size == 0 else msgpack.unpackb(frame, strict_map_key=False))
+                self._items.put(
+                    self.HEARTBEAT if size == 0 else msgpack.unpackb(frame, strict_map_key=False)
+                )
             return buffer
         while b"\n" in buffer:
             line, buffer = buffer.split(b"\n", 1)

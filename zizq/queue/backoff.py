@@ -3,6 +3,7 @@
 import random
 
 from zizq.config import BackoffPolicy
+from zizq.queue.records import MAX_TIME_MS
 
 
 def retry_delay_ms(policy: BackoffPolicy, attempts: int, rng: random.Random = random._inst) -> int:
@@ -13,7 +14,7 @@ def retry_delay_ms(policy: BackoffPolicy, attempts: int, rng: random.Random = ra
     """
     jitter = rng.uniform(0, policy.jitter_ms) if policy.jitter_ms > 0 else 0.0
     delay = policy.base_ms + (attempts**policy.exponent) * 1000 + jitter * attempts
-    return int(delay)
+    return int(min(delay, MAX_TIME_MS))
 
 
 def policy_from_record(record: dict, default: BackoffPolicy) -> BackoffPolicy:

@@ -36,6 +36,11 @@ class Dispatcher:
         self.in_flight: dict[str, InFlightEntry] = {}
         self._consumers: deque[Consumer] = deque()
         self._pump_scheduled = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Passes run on this loop (the engine's), whoever asks for one."""
+        self._loop = loop
 
     # -- stream registration -------------------------------------------
 
@@ -75,7 +80,8 @@ class Dispatcher:
     def request_pump(self) -> None:
         if not self._pump_scheduled and self._consumers:
             self._pump_scheduled = True
-            asyncio.get_running_loop().call_soon(self._pump)
+            loop = self._loop or asyncio.get_running_loop()
+            loop.call_soon(self._pump)
 
     def _at_global_limit(self) -> bool:
         return self._global_limit > 0 and len(self.in_flight) >= self._global_limit

@@ -34,6 +34,7 @@ from zizq.queue.records import (
     SCHEDULED,
     TERMINAL,
     is_purged,
+    later,
     now_ms,
     public_view,
 )
@@ -85,10 +86,13 @@ class Engine:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_due: int | None = None
         self._reaper: asyncio.Task | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- lifecycle -------------------------------------------------------------
 
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.dispatcher.bind(self._loop)
         self._rebuild_indexes()
         self._arm_scheduler()
         self._reaper = asyncio.create_task(self._reap_forever(), name="zizq-reaper")
@@ -241,7 +245,7 @@ class Engine:
         if keep_ms <= 0:
             batch.delete_job(job_id)
             return None
-        record["purge_at"] = now + keep_ms
+        record["purge_at"] = later(now, keep_ms)
         batch.put_job(job_id, record)
         return record["purge_at"]
 
@@ -298,7 +302,7 @@ class Engine:
                 ready_at = failure.retry_at
             else:
                 policy = policy_from_record(record, self.settings.default_backoff)
-                ready_at = now + retry_delay_ms(policy, attempts)
+                ready_at = later(now, retry_delay_ms(policy, attempts))
             record["ready_at"] = ready_at
             record["status"] = SCHEDULED if ready_at > now else READY
             batch.put_job(job_id, record)
@@ -323,8 +327,7 @@ class Engine:
             self._timer.cancel()
         # +1 ms so the timer never fires in the millisecond before the job is due.
         delay = max(0.0, (due - now_ms() + 1) / 1000)
-        loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(delay, self._promote_due)
+        self._timer = self._loop.call_later(delay, self._promote_due)
         self._timer_due = due
 
     def _promote_due(self) -> None:
@@ -348,7 +351,7 @@ class Engine:
             self.dispatcher.request_pump()
         if len(due) == PROMOTE_SLICE:
             # More are due: continue on the next loop iteration so requests keep flowing.
-            asyncio.get_running_loop().call_soon(self._promote_due)
+            self._loop.call_soon(self._promote_due)
         else:
             self._arm_scheduler()
 

@@ -16,6 +16,9 @@ DEAD = "dead"
 STATUSES = (SCHEDULED, READY, IN_FLIGHT, COMPLETED, DEAD)
 TERMINAL = frozenset((COMPLETED, DEAD))
 
+# Times are stored as signed 64-bit integers; anything later means "never".
+MAX_TIME_MS = 2**63 - 1
+
 DEFAULT_PRIORITY = 32768
 MAX_PRIORITY = 65535
 
@@ -35,3 +38,8 @@ def public_view(job_id: str, record: dict, **extra) -> dict:
     view.update(record)
     view.update(extra)
     return view
+
+
+def later(now: int, delay_ms: float) -> int:
+    """now + delay, saturating at the largest storable time (e.g. a retention of 90000000000y)."""
+    return int(min(now + delay_ms, MAX_TIME_MS))
