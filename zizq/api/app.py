@@ -10,6 +10,7 @@ from zizq.api import errors
 from zizq.api.acks import BulkSuccess, Failure, Success
 from zizq.api.health import Health, Version
 from zizq.api.jobs import BulkJobs, JobCollection, JobItem
+from zizq.api.query import JobCount, JobError, JobErrors, Queues, Reset
 from zizq.api.take import RECEIVE_KEY, Take
 from zizq.queue import Engine
 
@@ -44,6 +45,11 @@ def create_primary_app(engine: Engine, version: str) -> ASGIApp:
     app.add_route("/jobs/{job_id}", JobItem(engine))
     app.add_route("/jobs/{job_id}/success", Success(engine))
     app.add_route("/jobs/{job_id}/failure", Failure(engine))
+    app.add_route("/jobs/count", JobCount(engine))
+    app.add_route("/jobs/{job_id}/errors", JobErrors(engine))
+    app.add_route("/jobs/{job_id}/errors/{attempt}", JobError(engine))
+    app.add_route("/queues", Queues(engine))
+    app.add_route("/reset", Reset(engine))
     return _expose_receive(app)
 
 

@@ -2,6 +2,7 @@
 
 import falcon
 
+from zizq.api import query
 from zizq.api.codec import job_with_payload, read_body, respond, response_type
 from zizq.queue import Engine
 from zizq.queue.records import public_view
@@ -9,10 +10,19 @@ from zizq.queue.spec import parse_bulk, parse_job
 
 
 class JobCollection:
-    """POST /jobs"""
+    """POST /jobs (enqueue); GET, PATCH, DELETE /jobs (by filter)"""
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
+
+    async def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        await query.list_jobs(self._engine, req, resp)
+
+    async def on_patch(self, req: falcon.Request, resp: falcon.Response) -> None:
+        await query.patch_jobs(self._engine, req, resp)
+
+    async def on_delete(self, req: falcon.Request, resp: falcon.Response) -> None:
+        await query.delete_jobs(self._engine, req, resp)
 
     async def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         media = response_type(req)
@@ -35,7 +45,7 @@ class BulkJobs:
 
 
 class JobItem:
-    """GET /jobs/{id}"""
+    """GET, PATCH, DELETE /jobs/{id}"""
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
@@ -44,3 +54,9 @@ class JobItem:
         media = response_type(req)
         record, payload = self._engine.get_job(job_id)
         respond(req, resp, job_with_payload(public_view(job_id, record), payload), 200, media)
+
+    async def on_patch(self, req: falcon.Request, resp: falcon.Response, job_id: str) -> None:
+        await query.patch_job(self._engine, req, resp, job_id)
+
+    async def on_delete(self, req: falcon.Request, resp: falcon.Response, job_id: str) -> None:
+        await query.delete_job(self._engine, req, resp, job_id)

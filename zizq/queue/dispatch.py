@@ -17,7 +17,7 @@ from collections import deque
 from zizq.queue.consumer import Consumer, Delivery
 from zizq.queue.indexes import ReadyIndex
 from zizq.queue.records import IN_FLIGHT, READY, now_ms
-from zizq.store import Store
+from zizq.store import Store, index_key_of
 
 
 class InFlightEntry:
@@ -70,6 +70,18 @@ class Dispatcher:
         """Take a job out of flight for an ack or failure; None if it is not in flight."""
         return self.in_flight.pop(job_id, None)
 
+    def drop(self, job_id: str) -> bool:
+        """Forget an in-flight job that was deleted; its stream may take another."""
+        entry = self.in_flight.pop(job_id, None)
+        if entry is None:
+            return False
+        self.release(entry, job_id)
+        return True
+
+    def drop_all(self) -> None:
+        for job_id in list(self.in_flight):
+            self.drop(job_id)
+
     def release(self, entry: InFlightEntry, job_id: str) -> None:
         """The stream that held a claimed job may take another one."""
         entry.consumer.in_flight.discard(job_id)
@@ -121,9 +133,10 @@ class Dispatcher:
                 if picked is None:
                     continue
                 job_id, record = picked
+                previous = index_key_of(record)
                 record["status"] = IN_FLIGHT
                 record["dequeued_at"] = now
-                batch.put_job(job_id, record)
+                batch.put_job(job_id, record, previous)
                 self.in_flight[job_id] = InFlightEntry(record, consumer)
                 consumer.in_flight.add(job_id)
                 assigned.setdefault(consumer, []).append((job_id, record))

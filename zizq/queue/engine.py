@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import Counter
 from dataclasses import dataclass
 
 import scru128
@@ -23,8 +24,10 @@ from zizq.logs import log_event
 from zizq.queue.backoff import policy_from_record, retry_delay_ms
 from zizq.queue.consumer import Consumer
 from zizq.queue.dispatch import Dispatcher, InFlightEntry
-from zizq.queue.errors import NotFound
+from zizq.queue.errors import Conflict, NotFound
 from zizq.queue.indexes import ReadyIndex, TimerHeap
+from zizq.queue.patch import JobPatch, apply_patch
+from zizq.queue.query import JobFilter, JobQuery, Page, take_page
 from zizq.queue.records import (
     COMPLETED,
     DEAD,
@@ -39,10 +42,11 @@ from zizq.queue.records import (
     public_view,
 )
 from zizq.queue.spec import FailureSpec, JobSpec
-from zizq.store import CommitMode, Committer, Store, WriteBatch
+from zizq.store import CommitMode, Committer, IndexKey, Store, WriteBatch, index_key_of
 
 logger = logging.getLogger("zizq.engine")
 
+BULK_SLICE = 500  # jobs changed per write batch by a bulk patch or delete
 PROMOTE_SLICE = 2000  # scheduled jobs promoted per loop iteration
 REAP_SLICE = 1000  # expired jobs deleted per write batch
 
@@ -100,14 +104,17 @@ class Engine:
     def _rebuild_indexes(self) -> None:
         """Load the indexes from disk; jobs that were in flight go back to ready."""
         ready, scheduled, purges = [], [], []
+        counts: Counter[IndexKey] = Counter()
         requeue = self.store.batch()
         requeued = 0
         for job_id, record in self.store.iter_jobs():
             status = record["status"]
+            counts[index_key_of(record)] += 1
             if status == IN_FLIGHT:
+                previous = index_key_of(record)
                 record["status"] = READY
                 record.pop("dequeued_at", None)
-                requeue.put_job(job_id, record)
+                requeue.put_job(job_id, record, previous)
                 requeued += 1
                 status = READY
             if status == READY:
@@ -116,6 +123,7 @@ class Engine:
                 scheduled.append((record["ready_at"], job_id))
             elif status in TERMINAL and "purge_at" in record:
                 purges.append((record["purge_at"], job_id))
+        self.store.counts = counts
         if requeued:
             self.store.write(requeue, sync=True)
         self.ready.load(ready)
@@ -174,7 +182,7 @@ class Engine:
         for spec in specs:
             job_id = scru128.new_string()
             record = self._new_record(spec, now)
-            batch.put_job(job_id, record)
+            batch.put_job(job_id, record, None)
             batch.put_payload(job_id, spec.payload)
             created.append((job_id, record))
         if created:
@@ -216,9 +224,10 @@ class Engine:
             return 0
         batch = self.store.batch()
         for job_id, record in returned:
+            previous = index_key_of(record)
             record["status"] = READY
             record.pop("dequeued_at", None)
-            batch.put_job(job_id, record)
+            batch.put_job(job_id, record, previous)
         self.store.write(batch)
         for job_id, record in returned:
             self.ready.push(record["queue"], record["priority"], job_id)
@@ -231,6 +240,7 @@ class Engine:
         self, batch: WriteBatch, job_id: str, record: dict, status: str, now: int
     ) -> int | None:
         """Move a job to a terminal status; returns its purge time if it is retained."""
+        previous = index_key_of(record)
         record["status"] = status
         if status == COMPLETED:
             record["completed_at"] = now
@@ -243,10 +253,10 @@ class Engine:
         )
         keep_ms = retention.get(key, default)
         if keep_ms <= 0:
-            batch.delete_job(job_id)
+            batch.delete_job(job_id, previous)
             return None
         record["purge_at"] = later(now, keep_ms)
-        batch.put_job(job_id, record)
+        batch.put_job(job_id, record, previous)
         return record["purge_at"]
 
     async def ack(self, job_id: str) -> bool:
@@ -280,6 +290,7 @@ class Engine:
         if entry is None:
             raise NotFound("job not found or not in flight")
         record = entry.record
+        previous = index_key_of(record)
         now = now_ms()
         attempts = record["attempts"] + 1
         record["attempts"] = attempts
@@ -305,7 +316,7 @@ class Engine:
                 ready_at = later(now, retry_delay_ms(policy, attempts))
             record["ready_at"] = ready_at
             record["status"] = SCHEDULED if ready_at > now else READY
-            batch.put_job(job_id, record)
+            batch.put_job(job_id, record, previous)
         await self.committer.commit(batch, self.settings.default_commit_mode)
         if purge_at is not None:
             self.purges.push(purge_at, job_id)
@@ -313,6 +324,160 @@ class Engine:
         self.dispatcher.release(entry, job_id)
         self._arm_scheduler()
         return public_view(job_id, record)
+
+    # -- visibility and control ----------------------------------------------
+
+    async def _reap_due(self) -> None:
+        """Remove expired jobs now, so counters never count a job that is already invisible."""
+        due = self.purges.next_due()
+        if due is not None and due <= now_ms():
+            await self.reap()
+
+    async def count(self, job_filter: JobFilter) -> int:
+        await self._reap_due()
+        return JobQuery(self.store, job_filter).count()
+
+    async def queues(self) -> list[str]:
+        await self._reap_due()
+        return sorted({queue for queue, _, _ in self.store.counts})
+
+    def list_jobs(
+        self,
+        job_filter: JobFilter,
+        limit: int,
+        order_desc: bool,
+        after: str | None,
+        before: str | None,
+    ) -> Page:
+        query = JobQuery(self.store, job_filter)
+        return take_page(
+            lambda cursor: query.matches(cursor, order_desc),
+            lambda cursor: query.matches(cursor, not order_desc),
+            limit,
+            after,
+            before,
+        )
+
+    def list_errors(
+        self, job_id: str, limit: int, order_desc: bool, after: int | None, before: int | None
+    ) -> Page:
+        self.get_job(job_id)  # 404 for an unknown job
+        store = self.store
+        return take_page(
+            lambda cursor: store.iter_errors(job_id, cursor, order_desc),
+            lambda cursor: store.iter_errors(job_id, cursor, not order_desc),
+            limit,
+            after,
+            before,
+        )
+
+    def get_error(self, job_id: str, attempt: int) -> dict:
+        self.get_job(job_id)
+        error = self.store.get_error(job_id, attempt)
+        if error is None:
+            raise NotFound(f"job has no error for attempt {attempt}")
+        return error
+
+    def _write_visible(self, batch: WriteBatch) -> None:
+        """Commit a change to jobs other requests can see, without yielding.
+
+        Patches and deletes touch jobs that the dispatcher, scheduler and acks
+        may touch too; committing before the next await means no one reads the
+        old record in between. In fsync mode this syncs on the loop thread,
+        which is acceptable for these rare administrative writes.
+        """
+        self.store.write(batch, sync=self.settings.default_commit_mode is CommitMode.FSYNC)
+
+    def _patch_one(
+        self, batch: WriteBatch, job_id: str, record: dict, patch: JobPatch, now: int
+    ) -> dict:
+        entry = self.dispatcher.in_flight.get(job_id)
+        if entry is not None:
+            record = entry.record  # the in-memory copy the ack will write back
+        previous = index_key_of(record)
+        apply_patch(record, patch, now)
+        batch.put_job(job_id, record, previous)
+        return record
+
+    def _after_patch(self, patched: list[tuple[str, dict]]) -> None:
+        for job_id, record in patched:
+            self._index_waiting(job_id, record)
+        self._after_index_change()
+
+    async def patch_job(self, job_id: str, patch: JobPatch) -> dict:
+        record, _ = self.get_job(job_id)
+        if record["status"] in TERMINAL:
+            raise Conflict(f"job is {record['status']} and can no longer be changed")
+        batch = self.store.batch()
+        record = self._patch_one(batch, job_id, record, patch, now_ms())
+        self._write_visible(batch)
+        self._after_patch([(job_id, record)])
+        return public_view(job_id, record)
+
+    async def _in_slices(self, job_filter: JobFilter, apply) -> int:
+        """Run `apply(batch, id, record)` on every match, BULK_SLICE jobs per write batch,
+        yielding to other requests between slices. Returns how many were applied."""
+        total = 0
+        matches = JobQuery(self.store, job_filter).matches()
+        exhausted = False
+        while not exhausted:
+            batch = self.store.batch()
+            changed = []
+            exhausted = True
+            for examined, (job_id, record, _) in enumerate(matches, 1):
+                result = apply(batch, job_id, record)
+                if result is not None:
+                    changed.append((job_id, result))
+                if len(changed) >= BULK_SLICE or examined >= 4 * BULK_SLICE:
+                    exhausted = False
+                    break
+            if changed:
+                self._write_visible(batch)
+                total += len(changed)
+                self._after_patch([(job_id, r) for job_id, r in changed if isinstance(r, dict)])
+            await asyncio.sleep(0)
+        return total
+
+    async def patch_jobs(self, job_filter: JobFilter, patch: JobPatch) -> int:
+        if job_filter.statuses is not None and job_filter.statuses & TERMINAL:
+            raise Conflict("status: completed and dead jobs cannot be patched")
+        now = now_ms()
+
+        def apply(batch: WriteBatch, job_id: str, record: dict) -> dict | None:
+            if record["status"] in TERMINAL:
+                return None  # skipped silently unless asked for by status
+            return self._patch_one(batch, job_id, record, patch, now)
+
+        return await self._in_slices(job_filter, apply)
+
+    def _delete_one(self, batch: WriteBatch, job_id: str, record: dict) -> bool:
+        batch.delete_job(job_id, index_key_of(record))
+        self.dispatcher.drop(job_id)  # a later ack of it gets 404
+        return True
+
+    async def delete_job(self, job_id: str) -> None:
+        record, _ = self.get_job(job_id)
+        batch = self.store.batch()
+        self._delete_one(batch, job_id, record)
+        self._write_visible(batch)
+
+    async def delete_jobs(self, job_filter: JobFilter) -> int:
+        if job_filter == JobFilter():
+            return await self.reset()
+        return await self._in_slices(job_filter, self._delete_one)
+
+    async def reset(self) -> int:
+        """Delete every job (in flight too) in one atomic batch; returns how many there were."""
+        await self._reap_due()
+        total = sum(self.store.counts.values())
+        batch = self.store.batch()
+        batch.delete_everything()
+        self._write_visible(batch)
+        self.dispatcher.drop_all()
+        self.ready.clear()
+        self.scheduled.clear()
+        self.purges.clear()
+        return total
 
     # -- scheduler -------------------------------------------------------------
 
@@ -341,8 +506,9 @@ class Engine:
             record = self.store.get_job(job_id)
             if record is None or record["status"] != SCHEDULED or record["ready_at"] != ready_at:
                 continue  # stale: the job was patched, deleted or already moved on
+            previous = index_key_of(record)
             record["status"] = READY
-            batch.put_job(job_id, record)
+            batch.put_job(job_id, record, previous)
             promoted.append((job_id, record))
         if promoted:
             self.store.write(batch)
@@ -381,7 +547,7 @@ class Engine:
                     and record["status"] in TERMINAL
                     and record.get("purge_at") == purge_at
                 ):
-                    batch.delete_job(job_id)
+                    batch.delete_job(job_id, index_key_of(record))
                     removed += 1
             self.store.write(batch)
             await asyncio.sleep(0)  # let requests in between slices

@@ -5,13 +5,22 @@ what to write, this package decides how it lands on disk.
 """
 
 from zizq.store.commit import CommitMode, Committer
-from zizq.store.db import SchemaVersionError, Store, StoreLockedError, WriteBatch
+from zizq.store.db import (
+    IndexKey,
+    SchemaVersionError,
+    Store,
+    StoreLockedError,
+    WriteBatch,
+    index_key_of,
+)
 
 __all__ = [
     "CommitMode",
+    "IndexKey",
     "Committer",
     "SchemaVersionError",
     "Store",
     "StoreLockedError",
     "WriteBatch",
+    "index_key_of",
 ]

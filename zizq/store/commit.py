@@ -40,6 +40,7 @@ class Committer:
         done = loop.create_future()
         self._pending.put((batch, done, loop))
         await done
+        self._store.applied(batch)  # counters belong to the loop thread
 
     def _ensure_thread(self) -> None:
         if self._thread is None:
@@ -71,8 +72,8 @@ class Committer:
             # The WAL is sequential: syncing after the last batch makes every
             # earlier batch of the group durable too.
             for batch, _, _ in group[:-1]:
-                self._store.write(batch, sync=False)
-            self._store.write(group[-1][0], sync=True)
+                self._store.write_raw(batch, sync=False)
+            self._store.write_raw(group[-1][0], sync=True)
             self.syncs += 1
             error = None
         except Exception as exc:  # surface storage errors to every waiting request

@@ -1,7 +1,8 @@
-"""Opening the RocksDB store and reading from it."""
+"""Opening the RocksDB store, writing batches and reading back."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -9,6 +10,14 @@ import msgpack
 import rocksdict
 
 from zizq.store import layout
+
+# (queue, type, status): the dimensions of the secondary indexes. A job's
+# IndexKey decides which index entries it has and which counter it counts in.
+IndexKey = tuple[str, str, str]
+
+
+def index_key_of(record: dict) -> IndexKey:
+    return record["queue"], record["type"], record["status"]
 
 
 class StoreLockedError(RuntimeError):
@@ -19,13 +28,13 @@ class SchemaVersionError(RuntimeError):
     """The root directory was written by a layout this build cannot read."""
 
 
-def _options(cache_size: int) -> rocksdict.Options:
+def _options(cache: rocksdict.Cache) -> rocksdict.Options:
     opts = rocksdict.Options(raw_mode=True)
     opts.create_if_missing(True)
     opts.create_missing_column_families(True)
     opts.increase_parallelism(2)
     table = rocksdict.BlockBasedOptions()
-    table.set_block_cache(rocksdict.Cache(cache_size))
+    table.set_block_cache(cache)
     table.set_bloom_filter(10, False)
     opts.set_block_based_table_factory(table)
     opts.set_max_background_jobs(2)
@@ -33,18 +42,44 @@ def _options(cache_size: int) -> rocksdict.Options:
 
 
 class WriteBatch:
-    """An atomic set of changes across column families, committed in one write."""
+    """An atomic set of changes across column families, committed in one write.
 
-    __slots__ = ("_store", "raw", "count")
+    Every job write names the job's previous IndexKey (None for a new job), so
+    the batch keeps the secondary indexes and the per-(queue, type, status)
+    counters exact without reading anything back.
+    """
+
+    __slots__ = ("_store", "raw", "count", "deltas")
 
     def __init__(self, store: Store) -> None:
         self._store = store
         self.raw = rocksdict.WriteBatch(raw_mode=True)
         self.count = 0
+        self.deltas: Counter[IndexKey] = Counter()
 
-    def put_job(self, job_id: str, record: dict) -> None:
+    def _index(self, job_id: str, key: IndexKey, present: bool) -> None:
+        queue, job_type, status = key
+        handle = self._store.h_index
+        for tag, value in (
+            (layout.INDEX_QUEUE, queue),
+            (layout.INDEX_TYPE, job_type),
+            (layout.INDEX_STATUS, status),
+        ):
+            entry = layout.index_key(tag, value, job_id)
+            if present:
+                self.raw.put(entry, b"", handle)
+            else:
+                self.raw.delete(entry, handle)
+        self.deltas[key] += 1 if present else -1
+
+    def put_job(self, job_id: str, record: dict, previous: IndexKey | None) -> None:
         self.raw.put(layout.job_key(job_id), msgpack.packb(record), self._store.h_jobs)
         self.count += 1
+        current = index_key_of(record)
+        if current != previous:
+            if previous is not None:
+                self._index(job_id, previous, present=False)
+            self._index(job_id, current, present=True)
 
     def put_payload(self, job_id: str, payload_bytes: bytes) -> None:
         self.raw.put(layout.job_key(job_id), payload_bytes, self._store.h_payloads)
@@ -54,14 +89,28 @@ class WriteBatch:
         self.raw.put(layout.error_key(job_id, attempt), msgpack.packb(error), self._store.h_errors)
         self.count += 1
 
-    def delete_job(self, job_id: str) -> None:
-        """Remove a job with its payload and every recorded error."""
+    def delete_job(self, job_id: str, previous: IndexKey) -> None:
+        """Remove a job with its payload, index entries and every recorded error."""
         key = layout.job_key(job_id)
         self.raw.delete(key, self._store.h_jobs)
         self.raw.delete(key, self._store.h_payloads)
         start, end = layout.error_key_range(job_id)
         self.raw.delete_range(start, end, self._store.h_errors)
+        self._index(job_id, previous, present=False)
         self.count += 3
+
+    def delete_everything(self) -> None:
+        """Every job, payload, error and index entry (POST /reset)."""
+        for handle in (
+            self._store.h_jobs,
+            self._store.h_payloads,
+            self._store.h_errors,
+            self._store.h_index,
+        ):
+            self.raw.delete_range(b"\x00", b"\xff" * 64, handle)
+        for key, count in self._store.counts.items():
+            self.deltas[key] -= count
+        self.count += 4
 
 
 class Store:
@@ -71,10 +120,10 @@ class Store:
         self.root_dir = Path(root_dir)
         self.path = self.root_dir / layout.DATA_DIR_NAME
         self.path.mkdir(parents=True, exist_ok=True)
-        opts = _options(cache_size)
-        cf_opts = {name: _options(cache_size) for name in layout.COLUMN_FAMILIES}
+        cache = rocksdict.Cache(cache_size)  # one block cache shared by every column family
+        cf_opts = {name: _options(cache) for name in layout.COLUMN_FAMILIES}
         try:
-            self.db = rocksdict.Rdict(str(self.path), opts, column_families=cf_opts)
+            self.db = rocksdict.Rdict(str(self.path), _options(cache), column_families=cf_opts)
         except Exception as exc:  # rocksdict raises a bare Exception with RocksDB's text
             if "lock" in str(exc).lower():
                 raise StoreLockedError(
@@ -84,12 +133,17 @@ class Store:
         self.h_jobs = self.db.get_column_family_handle(layout.CF_JOBS)
         self.h_payloads = self.db.get_column_family_handle(layout.CF_PAYLOADS)
         self.h_errors = self.db.get_column_family_handle(layout.CF_ERRORS)
+        self.h_index = self.db.get_column_family_handle(layout.CF_INDEX)
         self.jobs = self.db.get_column_family(layout.CF_JOBS)
         self.payloads = self.db.get_column_family(layout.CF_PAYLOADS)
         self.errors = self.db.get_column_family(layout.CF_ERRORS)
+        self.index = self.db.get_column_family(layout.CF_INDEX)
         self._sync_options = rocksdict.WriteOptions()
         self._sync_options.sync = True
         self._buffered_options = rocksdict.WriteOptions()
+        # Jobs per (queue, type, status), kept exact by every committed batch;
+        # they answer counts and GET /queues without touching the disk.
+        self.counts: Counter[IndexKey] = Counter()
         self._check_schema_version()
 
     def _check_schema_version(self) -> None:
@@ -110,13 +164,27 @@ class Store:
     def batch(self) -> WriteBatch:
         return WriteBatch(self)
 
-    def write(self, batch: WriteBatch, sync: bool = False) -> None:
-        """Apply a batch atomically; with sync the WAL is fsynced before returning.
+    def write_raw(self, batch: WriteBatch, sync: bool = False) -> None:
+        """Apply a batch atomically, without touching the counters (safe off the loop thread).
 
         RocksDB releases the GIL while it syncs, so a sync from a helper thread
         does not stall the event loop.
         """
         self.db.write(batch.raw, self._sync_options if sync else self._buffered_options)
+
+    def applied(self, batch: WriteBatch) -> None:
+        """Count a committed batch (on the loop thread, which owns the counters)."""
+        counts = self.counts
+        for key, delta in batch.deltas.items():
+            total = counts[key] + delta
+            if total:
+                counts[key] = total
+            else:
+                del counts[key]
+
+    def write(self, batch: WriteBatch, sync: bool = False) -> None:
+        self.write_raw(batch, sync)
+        self.applied(batch)
 
     # -- reads ----------------------------------------------------------
 
@@ -138,12 +206,51 @@ class Store:
         for key, raw in self.jobs.items():
             yield key.decode("ascii"), msgpack.unpackb(raw)
 
-    def iter_errors(self, job_id: str) -> Iterator[tuple[int, dict]]:
+    def iter_job_ids(self, after: str | None = None, backwards: bool = False) -> Iterator[str]:
+        """Every job id in id order (or reverse), strictly after `after` in that direction."""
+        start = None if after is None else layout.job_key(after)
+        for key in self.jobs.keys(backwards=backwards, from_key=start):
+            if key == start:
+                continue
+            yield key.decode("ascii")
+
+    def iter_index(
+        self, tag: bytes, value: str, after: str | None = None, backwards: bool = False
+    ) -> Iterator[str]:
+        """Ids with this index value in id order (or reverse), strictly after `after`."""
+        prefix = layout.index_prefix(tag, value)
+        if after is not None:
+            start = prefix + after.encode("ascii")
+        elif backwards:
+            start = prefix + b"\xff"
+        else:
+            start = prefix
+        for key in self.index.keys(backwards=backwards, from_key=start):
+            if not key.startswith(prefix):
+                return
+            if key == start:
+                continue
+            yield key[len(prefix) :].decode("ascii")
+
+    def iter_errors(
+        self, job_id: str, after: int | None = None, backwards: bool = False
+    ) -> Iterator[tuple[int, dict]]:
         start, end = layout.error_key_range(job_id)
-        for key, raw in self.errors.items(from_key=start):
-            if key >= end:
-                break
-            yield int.from_bytes(key[-4:], "big"), msgpack.unpackb(raw)
+        if after is not None:
+            from_key = layout.error_key(job_id, after)
+        else:
+            from_key = end if backwards else start
+        for key, raw in self.errors.items(backwards=backwards, from_key=from_key):
+            if not start <= key < end:
+                return
+            attempt = int.from_bytes(key[-4:], "big")
+            if attempt == after:
+                continue
+            yield attempt, msgpack.unpackb(raw)
+
+    def get_error(self, job_id: str, attempt: int) -> dict | None:
+        raw = self.errors.get(layout.error_key(job_id, attempt))
+        return None if raw is None else msgpack.unpackb(raw)
 
     def close(self) -> None:
         self.db.flush_wal(True)

@@ -13,8 +13,17 @@ META_SCHEMA_VERSION = b"schema_version"
 CF_JOBS = "jobs"  # job id -> msgpack job record (everything but the payload)
 CF_PAYLOADS = "payloads"  # job id -> msgpack payload, written once at enqueue
 CF_ERRORS = "errors"  # job id + attempt (u32 big-endian) -> msgpack error record
+CF_INDEX = "index"  # secondary index keys (status, queue, type) + job id -> empty
 
-COLUMN_FAMILIES = (CF_JOBS, CF_PAYLOADS, CF_ERRORS)
+COLUMN_FAMILIES = (CF_JOBS, CF_PAYLOADS, CF_ERRORS, CF_INDEX)
+
+ID_LEN = 25  # SCRU128 string ids: fixed length, so an index key ends with exactly one id
+
+# Secondary index dimensions. Keys are <tag><len u16><value utf-8><id>, so all
+# ids of one value sit together in id (= enqueue) order and can be paged by seek.
+INDEX_STATUS = b"s"
+INDEX_QUEUE = b"q"
+INDEX_TYPE = b"t"
 
 DATA_DIR_NAME = "data"  # RocksDB lives in <root>/data; the root may hold other files
 
@@ -32,3 +41,12 @@ def error_key_range(job_id: str) -> tuple[bytes, bytes]:
     """Half-open key range covering every error recorded for one job."""
     prefix = job_id.encode("ascii")
     return prefix + b"\x00\x00\x00\x00", prefix + b"\xff\xff\xff\xff\xff"
+
+
+def index_prefix(tag: bytes, value: str) -> bytes:
+    raw = value.encode("utf-8")
+    return tag + len(raw).to_bytes(2, "big") + raw
+
+
+def index_key(tag: bytes, value: str, job_id: str) -> bytes:
+    return index_prefix(tag, value) + job_id.encode("ascii")

@@ -1,0 +1,230 @@
+"""Finding jobs by filter: which index to walk, what to check, how to page and count.
+
+The secondary index with the fewest entries for the requested values drives
+the walk (known exactly from the per-(queue, type, status) counters), every
+other filter is checked on the record, and the jq filter runs last, only on
+jobs that passed everything else.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import jq
+import msgpack
+
+from zizq.queue.errors import InvalidInput
+from zizq.queue.records import is_purged, now_ms
+from zizq.store import Store, layout
+
+
+@dataclass(frozen=True, slots=True)
+class Range:
+    """Inclusive bounds; None means unbounded on that side."""
+
+    low: int | None
+    high: int | None
+
+    def __contains__(self, value: int) -> bool:
+        return (self.low is None or value >= self.low) and (self.high is None or value <= self.high)
+
+
+def parse_range(name: str, text: str) -> Range:
+    """`N`, `A..B`, `..B` or `A..` (inclusive)."""
+
+    def bound(part: str) -> int | None:
+        if part == "":
+            return None
+        if not (part.isascii() and part.lstrip("-").isdigit()):
+            raise InvalidInput(f"{name}: invalid range {text!r}; use N, A..B, ..B or A..")
+        return int(part)
+
+    if ".." in text:
+        low_text, _, high_text = text.partition("..")
+        low, high = bound(low_text), bound(high_text)
+        if low is None and high is None:
+            raise InvalidInput(f"{name}: invalid range {text!r}; use N, A..B, ..B or A..")
+    else:
+        low = high = bound(text)
+        if low is None:
+            raise InvalidInput(f"{name}: must not be empty")
+    if low is not None and high is not None and low > high:
+        raise InvalidInput(f"{name}: lower bound {low} exceeds upper bound {high}")
+    return Range(low, high)
+
+
+class PayloadFilter:
+    """A jq expression compiled once per request; a job matches when it yields a truthy value."""
+
+    def __init__(self, expression: str) -> None:
+        self.expression = expression
+        try:
+            self._program = jq.compile(expression)
+        except ValueError as exc:
+            raise InvalidInput(f"filter: invalid jq expression: {exc}") from None
+
+    def matches(self, payload: Any) -> bool:
+        try:
+            outputs = self._program.input_value(payload).all()
+        except ValueError:
+            return False  # a runtime error (e.g. indexing a number) is simply not a match
+        return any(out is not None and out is not False for out in outputs)
+
+
+@dataclass(frozen=True)
+class JobFilter:
+    ids: tuple[str, ...] | None = None
+    queues: frozenset[str] | None = None
+    types: frozenset[str] | None = None
+    statuses: frozenset[str] | None = None
+    priority: Range | None = None
+    ready_at: Range | None = None
+    attempts: Range | None = None
+    payload: PayloadFilter | None = field(default=None, compare=False)
+
+    @property
+    def only_counted_dimensions(self) -> bool:
+        """True when the counters alone can answer a count."""
+        return (
+            self.ids is None
+            and self.priority is None
+            and self.ready_at is None
+            and self.attempts is None
+            and self.payload is None
+        )
+
+    def matches_record(self, record: dict) -> bool:
+        return (
+            (self.queues is None or record["queue"] in self.queues)
+            and (self.types is None or record["type"] in self.types)
+            and (self.statuses is None or record["status"] in self.statuses)
+            and (self.priority is None or record["priority"] in self.priority)
+            and (self.ready_at is None or record["ready_at"] in self.ready_at)
+            and (self.attempts is None or record["attempts"] in self.attempts)
+        )
+
+
+class JobQuery:
+    def __init__(self, store: Store, job_filter: JobFilter) -> None:
+        self._store = store
+        self.filter = job_filter
+
+    # -- counting -------------------------------------------------------------
+
+    def _counted(self, key: tuple[str, str, str]) -> bool:
+        queue, job_type, status = key
+        f = self.filter
+        return (
+            (f.queues is None or queue in f.queues)
+            and (f.types is None or job_type in f.types)
+            and (f.statuses is None or status in f.statuses)
+        )
+
+    def count(self) -> int:
+        if self.filter.only_counted_dimensions:
+            return sum(n for key, n in self._store.counts.items() if self._counted(key))
+        return sum(1 for _ in self.matches())
+
+    # -- walking --------------------------------------------------------------
+
+    def _estimate(self, position: int, values: frozenset[str]) -> int:
+        return sum(n for key, n in self._store.counts.items() if key[position] in values)
+
+    def _candidate_ids(self, after: str | None, backwards: bool) -> Iterator[str]:
+        f = self.filter
+        if f.ids is not None:
+            ids = sorted(set(f.ids), reverse=backwards)
+            if after is not None:
+                ids = [i for i in ids if (i < after if backwards else i > after)]
+            return iter(ids)
+        choices = []
+        for position, tag, values in (
+            (0, layout.INDEX_QUEUE, f.queues),
+            (1, layout.INDEX_TYPE, f.types),
+            (2, layout.INDEX_STATUS, f.statuses),
+        ):
+            if values is not None:
+                choices.append((self._estimate(position, values), tag, values))
+        if not choices:
+            return self._store.iter_job_ids(after, backwards)
+        _, tag, values = min(choices, key=lambda choice: choice[0])
+        walks = [self._store.iter_index(tag, value, after, backwards) for value in sorted(values)]
+        return walks[0] if len(walks) == 1 else heapq.merge(*walks, reverse=backwards)
+
+    def matches(
+        self, after: str | None = None, backwards: bool = False
+    ) -> Iterator[tuple[str, dict, bytes | None]]:
+        """(id, record, payload bytes) of every visible match, in id order or reverse."""
+        now = now_ms()
+        payload_filter = self.filter.payload
+        for job_id in self._candidate_ids(after, backwards):
+            record = self._store.get_job(job_id)
+            if record is None or is_purged(record, now) or not self.filter.matches_record(record):
+                continue
+            payload = self._store.get_payload(job_id)
+            if payload_filter is not None:
+                value = None if payload is None else msgpack.unpackb(payload, strict_map_key=False)
+                if not payload_filter.matches(value):
+                    continue
+            yield job_id, record, payload
+
+    def first(self, after: str | None, backwards: bool) -> str | None:
+        for job_id, _, _ in self.matches(after, backwards):
+            return job_id
+        return None
+
+
+@dataclass
+class Page:
+    items: list[tuple[str, dict, bytes | None]]
+    next_after: str | None  # cursor for the following page, None at the end
+    prev_before: str | None  # cursor for the preceding page, None at the start
+
+
+def take_page(
+    walk_forward, walk_backward, limit: int, after: str | None, before: str | None
+) -> Page:
+    """Cursor paging over any ordered walk.
+
+    walk_forward(after) / walk_backward(before) yield (key, ...) tuples strictly
+    past the cursor in page order / against it. `after` pages forward from a
+    key; `before` pages back from one; neither starts at the beginning.
+    """
+    if before is not None:
+        back = []
+        for item in walk_backward(before):
+            back.append(item)
+            if len(back) > limit:
+                break
+        has_prev = len(back) > limit
+        items = list(reversed(back[:limit]))
+        has_next = True
+        if items:
+            has_next = _any(walk_forward(items[-1][0]))
+        else:
+            has_next = _any(walk_forward(before)) or _any(walk_backward(before))
+        return Page(
+            items, items[-1][0] if items and has_next else None, items[0][0] if has_prev else None
+        )
+    items = []
+    for item in walk_forward(after):
+        items.append(item)
+        if len(items) > limit:
+            break
+    has_next = len(items) > limit
+    items = items[:limit]
+    has_prev = after is not None and _any(walk_backward(items[0][0] if items else after))
+    return Page(
+        items,
+        items[-1][0] if has_next else None,
+        (items[0][0] if items else after) if has_prev else None,
+    )
+
+
+def _any(iterator) -> bool:
+    for _ in iterator:
+        return True
+    return False
