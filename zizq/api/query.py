@@ -46,7 +46,7 @@ async def list_jobs(engine: Engine, req: falcon.Request, resp: falcon.Response) 
     limit = params.limit(req, MAX_JOBS_PAGE)
     desc = params.order_desc(req)
     after, before = params.cursors(req)
-    page = engine.list_jobs(job_filter, limit, desc, after, before)
+    page = await engine.list_jobs(job_filter, limit, desc, after, before)
     jobs = [
         job_with_payload(public_view(job_id, record), payload)
         for job_id, record, payload in page.items

@@ -335,13 +335,16 @@ class Engine:
 
     async def count(self, job_filter: JobFilter) -> int:
         await self._reap_due()
-        return JobQuery(self.store, job_filter).count()
+        query = JobQuery(self.store, job_filter)
+        if job_filter.only_counted_dimensions:
+            return query.count()
+        return await asyncio.to_thread(query.count)  # a scan: keep the loop serving meanwhile
 
     async def queues(self) -> list[str]:
         await self._reap_due()
         return sorted({queue for queue, _, _ in self.store.counts})
 
-    def list_jobs(
+    async def list_jobs(
         self,
         job_filter: JobFilter,
         limit: int,
@@ -350,7 +353,9 @@ class Engine:
         before: str | None,
     ) -> Page:
         query = JobQuery(self.store, job_filter)
-        return take_page(
+        # A filter may scan far (a jq filter that matches little): do it off the loop.
+        return await asyncio.to_thread(
+            take_page,
             lambda cursor: query.matches(cursor, order_desc),
             lambda cursor: query.matches(cursor, not order_desc),
             limit,

@@ -69,8 +69,8 @@ class PayloadFilter:
     def matches(self, payload: Any) -> bool:
         try:
             outputs = self._program.input_value(payload).all()
-        except ValueError:
-            return False  # a runtime error (e.g. indexing a number) is simply not a match
+        except Exception:  # a runtime error (e.g. indexing a number) is simply not a match
+            return False
         return any(out is not None and out is not False for out in outputs)
 
 
@@ -108,9 +108,17 @@ class JobFilter:
 
 
 class JobQuery:
+    """One query's walk over the store.
+
+    It copies the counters when created, so a query may run on a worker
+    thread (long scans must not stall the event loop) while the loop keeps
+    changing the live counters.
+    """
+
     def __init__(self, store: Store, job_filter: JobFilter) -> None:
         self._store = store
         self.filter = job_filter
+        self._counts = dict(store.counts)
 
     # -- counting -------------------------------------------------------------
 
@@ -125,13 +133,13 @@ class JobQuery:
 
     def count(self) -> int:
         if self.filter.only_counted_dimensions:
-            return sum(n for key, n in self._store.counts.items() if self._counted(key))
+            return sum(n for key, n in self._counts.items() if self._counted(key))
         return sum(1 for _ in self.matches())
 
     # -- walking --------------------------------------------------------------
 
     def _estimate(self, position: int, values: frozenset[str]) -> int:
-        return sum(n for key, n in self._store.counts.items() if key[position] in values)
+        return sum(n for key, n in self._counts.items() if key[position] in values)
 
     def _candidate_ids(self, after: str | None, backwards: bool) -> Iterator[str]:
         f = self.filter
