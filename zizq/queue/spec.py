@@ -33,6 +33,7 @@ JOB_FIELDS = frozenset(
         "batch",
     }
 )
+UNIQUE_SCOPES = ("queued", "active", "exists")
 FAILURE_FIELDS = frozenset({"message", "error_type", "backtrace", "retry_at", "kill"})
 
 
@@ -110,18 +111,24 @@ def parse_backoff(value: Any, where: str) -> dict:
     for field in ("base_ms", "exponent", "jitter_ms"):
         if value.get(field) is None:
             raise InvalidInput(f"{inner}{field}: is required (backoff needs all three fields)")
-    exponent = value["exponent"]
-    if (
-        isinstance(exponent, bool)
-        or not isinstance(exponent, int | float)
-        or not 0 <= exponent <= 100
-    ):
-        raise InvalidInput(f"{inner}exponent: must be a number between 0 and 100")
     return {
-        "base_ms": _int_in(value, "base_ms", inner, 0, MAX_I32),
-        "exponent": float(exponent),
-        "jitter_ms": _int_in(value, "jitter_ms", inner, 0, MAX_I32),
+        "base_ms": _whole_ms(value, "base_ms", inner),
+        "exponent": _number(value, "exponent", inner, 100),
+        "jitter_ms": _whole_ms(value, "jitter_ms", inner),
     }
+
+
+def _number(obj: dict, field: str, where: str, high: float) -> float:
+    value = obj[field]
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= high:
+        raise InvalidInput(f"{where}{field}: must be a number between 0 and {high:g}")
+    return float(value)
+
+
+def _whole_ms(obj: dict, field: str, where: str) -> int:
+    # The Ruby client sends these as floats (15000.0); accept any number and
+    # keep whole milliseconds.
+    return round(_number(obj, field, where, MAX_I32))
 
 
 def parse_retention(value: Any, where: str) -> dict:
@@ -142,6 +149,9 @@ def parse_job(obj: Any, where: str = "") -> JobSpec:
     if not isinstance(obj, dict):
         raise InvalidInput(f"{where or 'body'}: must be an object")
     _unknown_fields(obj, JOB_FIELDS, where)
+    unique_while = obj.get("unique_while")
+    if unique_while is not None and unique_while not in UNIQUE_SCOPES:
+        raise InvalidInput(f"{where}unique_while: must be one of {', '.join(UNIQUE_SCOPES)}")
     for pro_field in ("unique_key", "batch"):
         if obj.get(pro_field) is not None:
             raise ProFeatureRequired(f"{where}{pro_field}: requires a pro license")
