@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
@@ -18,7 +19,25 @@ from zizq.cli.serve import serve as serve_command  # keeps `zizq.cli.serve` nami
 __all__ = ["main"]
 
 
-@click.group(name="zizq", invoke_without_command=True, context_settings=CONTEXT_SETTINGS)
+class _OneLineErrors(click.Group):
+    """A bad flag prints one `Error: ...` line naming it (no usage dump) and exits 2."""
+
+    def main(self, *args, **kwargs):  # type: ignore[override]
+        kwargs["standalone_mode"] = False
+        try:
+            result = super().main(*args, **kwargs)
+        except click.ClickException as exc:
+            click.echo(f"Error: {exc.format_message()}", err=True)
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(1)
+        sys.exit(result if isinstance(result, int) else 0)
+
+
+@click.group(
+    name="zizq", cls=_OneLineErrors, invoke_without_command=True, context_settings=CONTEXT_SETTINGS
+)
 @click.version_option(__version__, prog_name="zizq", message="%(prog)s %(version)s")
 @root_dir_option
 @license_key_option
