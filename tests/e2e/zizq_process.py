@@ -72,7 +72,11 @@ class ZizqServer:
             text=True,
             env=env,
         )
-        threading.Thread(target=self._pump_output, args=(self.proc,), daemon=True).start()
+        # The thread gets this run's queue: after a restart, the old process's
+        # end-of-output marker must not land in the new run's queue.
+        threading.Thread(
+            target=self._pump_output, args=(self.proc, self._line_queue), daemon=True
+        ).start()
         wanted = {"primary"} if "--no-admin" in self.args else {"primary", "admin"}
         deadline = time.monotonic() + START_TIMEOUT_S
         while not wanted.issubset(self.urls):
@@ -83,13 +87,13 @@ class ZizqServer:
                 self.urls[api] = f"{scheme}://{addr}"
         return self
 
-    def _pump_output(self, proc: subprocess.Popen) -> None:
+    def _pump_output(self, proc: subprocess.Popen, lines: queue.Queue) -> None:
         assert proc.stdout is not None
         for line in proc.stdout:
             line = line.rstrip("\n")
             self.lines.append(line)
-            self._line_queue.put(line)
-        self._line_queue.put(None)
+            lines.put(line)
+        lines.put(None)
 
     def wait_for_line(self, predicate, timeout: float) -> str:
         """Next output line matching predicate; raises if none within timeout or on exit."""

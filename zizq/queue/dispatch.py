@@ -105,6 +105,10 @@ class Dispatcher:
             if entry is None:
                 return None
             queue, priority, job_id = entry
+            if job_id in self.in_flight:
+                # A duplicate entry (left by a patch) of a job this very pass
+                # assigned: the store does not say in_flight until the pass writes.
+                continue
             record = self._store.get_job(job_id)
             if (
                 record is not None

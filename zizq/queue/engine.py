@@ -17,14 +17,13 @@ import logging
 from collections import Counter
 from dataclasses import dataclass
 
-import scru128
-
 from zizq.config import BackoffPolicy, ServeConfig
 from zizq.logs import log_event
 from zizq.queue.backoff import policy_from_record, retry_delay_ms
 from zizq.queue.consumer import Consumer
 from zizq.queue.dispatch import Dispatcher, InFlightEntry
 from zizq.queue.errors import Conflict, NotFound
+from zizq.queue.ids import new_id
 from zizq.queue.indexes import ReadyIndex, TimerHeap
 from zizq.queue.patch import JobPatch, apply_patch
 from zizq.queue.query import JobFilter, JobQuery, Page, take_page
@@ -180,7 +179,7 @@ class Engine:
         batch = self.store.batch()
         created = []
         for spec in specs:
-            job_id = scru128.new_string()
+            job_id = new_id()
             record = self._new_record(spec, now)
             batch.put_job(job_id, record, None)
             batch.put_payload(job_id, spec.payload)
@@ -423,6 +422,7 @@ class Engine:
         """Run `apply(batch, id, record)` on every match, BULK_SLICE jobs per write batch,
         yielding to other requests between slices. Returns how many were applied."""
         total = 0
+        seen: set[str] = set()  # each job once, even if it moved between index walks
         matches = JobQuery(self.store, job_filter).matches()
         exhausted = False
         while not exhausted:
@@ -430,6 +430,9 @@ class Engine:
             changed = []
             exhausted = True
             for examined, (job_id, record, _) in enumerate(matches, 1):
+                if job_id in seen:
+                    continue
+                seen.add(job_id)
                 result = apply(batch, job_id, record)
                 if result is not None:
                     changed.append((job_id, result))
@@ -507,7 +510,11 @@ class Engine:
         due = self.scheduled.pop_due(now, PROMOTE_SLICE)
         batch = self.store.batch()
         promoted = []
+        seen = set()  # a patch may have left duplicate entries; promote each job once
         for ready_at, job_id in due:
+            if job_id in seen:
+                continue
+            seen.add(job_id)
             record = self.store.get_job(job_id)
             if record is None or record["status"] != SCHEDULED or record["ready_at"] != ready_at:
                 continue  # stale: the job was patched, deleted or already moved on
@@ -545,7 +552,8 @@ class Engine:
             if not due:
                 return removed
             batch = self.store.batch()
-            for purge_at, job_id in due:
+            unique = {job_id: due_at for due_at, job_id in due}  # each job once
+            for job_id, purge_at in unique.items():
                 record = self.store.get_job(job_id)
                 if (
                     record is not None

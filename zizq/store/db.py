@@ -20,6 +20,9 @@ def index_key_of(record: dict) -> IndexKey:
     return record["queue"], record["type"], record["status"]
 
 
+_INDEX_TAGS = (layout.INDEX_QUEUE, layout.INDEX_TYPE, layout.INDEX_STATUS)  # IndexKey order
+
+
 class StoreLockedError(RuntimeError):
     """Another process already has this root directory open."""
 
@@ -57,29 +60,32 @@ class WriteBatch:
         self.count = 0
         self.deltas: Counter[IndexKey] = Counter()
 
-    def _index(self, job_id: str, key: IndexKey, present: bool) -> None:
-        queue, job_type, status = key
+    def _index(
+        self, job_id: str, key: IndexKey, present: bool, dims: tuple[int, ...] = (0, 1, 2)
+    ) -> None:
         handle = self._store.h_index
-        for tag, value in (
-            (layout.INDEX_QUEUE, queue),
-            (layout.INDEX_TYPE, job_type),
-            (layout.INDEX_STATUS, status),
-        ):
-            entry = layout.index_key(tag, value, job_id)
+        for dim in dims:
+            entry = layout.index_key(_INDEX_TAGS[dim], key[dim], job_id)
             if present:
                 self.raw.put(entry, b"", handle)
             else:
                 self.raw.delete(entry, handle)
-        self.deltas[key] += 1 if present else -1
 
     def put_job(self, job_id: str, record: dict, previous: IndexKey | None) -> None:
         self.raw.put(layout.job_key(job_id), msgpack.packb(record), self._store.h_jobs)
         self.count += 1
         current = index_key_of(record)
-        if current != previous:
-            if previous is not None:
-                self._index(job_id, previous, present=False)
+        if current == previous:
+            return
+        if previous is None:
             self._index(job_id, current, present=True)
+        else:
+            # Usually only the status moves: touch only the dimensions that changed.
+            changed = tuple(dim for dim in (0, 1, 2) if current[dim] != previous[dim])
+            self._index(job_id, previous, present=False, dims=changed)
+            self._index(job_id, current, present=True, dims=changed)
+            self.deltas[previous] -= 1
+        self.deltas[current] += 1
 
     def put_payload(self, job_id: str, payload_bytes: bytes) -> None:
         self.raw.put(layout.job_key(job_id), payload_bytes, self._store.h_payloads)
@@ -97,6 +103,7 @@ class WriteBatch:
         start, end = layout.error_key_range(job_id)
         self.raw.delete_range(start, end, self._store.h_errors)
         self._index(job_id, previous, present=False)
+        self.deltas[previous] -= 1
         self.count += 3
 
     def delete_everything(self) -> None:
