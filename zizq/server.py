@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import sys
@@ -47,6 +48,10 @@ async def serve(config: ServeConfig) -> int:
             loop.add_signal_handler(signum, stop.set)
     try:
         await engine.start()
+        # The rebuilt indexes are long-lived: keep the cyclic GC from re-scanning
+        # them, and let it run less often (requests allocate many short-lived dicts).
+        gc.freeze()
+        gc.set_threshold(50_000, 20, 20)
         if config.admin_enabled:
             admin = Listener(create_admin_app(__version__), config.admin_host, config.admin_port)
             listeners.append(admin)

@@ -75,6 +75,20 @@ def _ack_bulk(api: Api, ids: list[str], log: WorkerLog) -> bool:
     return True
 
 
+def _wait_output_closed(server) -> None:
+    """Wait until the killed server's output pump has seen EOF.
+
+    ZizqServer's output thread looks up `self._line_queue` when it posts its
+    end-of-output marker; if start() has already replaced the queue, the new
+    server looks as if it exited at once. Draining to EOF first avoids that race.
+    """
+    try:
+        server.wait_for_line(lambda _line: False, 10)
+    except RuntimeError:
+        return  # end of the old process's output
+    raise AssertionError("unreachable: the predicate matches no line")
+
+
 def _get_status(api: Api, job_id: str) -> tuple[int, dict | None]:
     status, body, _ = api.get(f"/jobs/{job_id}")
     return status, body
@@ -228,6 +242,7 @@ def _crash_run(start_server, tmp_path, total: int, kill_after: int, *flags: str)
     assert acked, "the worker acked nothing before the kill; the test proves too little"
     assert len(enqueued_ok) < total, "the kill came after every enqueue; the test proves too little"
 
+    _wait_output_closed(server)
     server.start()  # same root dir
     everything = sorted(enqueued_ok | received)
     found = _lookup_all(server.url, everything, http2=True)

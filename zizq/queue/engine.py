@@ -179,7 +179,7 @@ class Engine:
         batch = self.store.batch()
         created = []
         for spec in specs:
-            job_id = new_id()
+            job_id = new_id(now)
             record = self._new_record(spec, now)
             batch.put_job(job_id, record, None)
             batch.put_payload(job_id, spec.payload)

@@ -35,5 +35,10 @@ def format_id(value: int) -> str:
     )  # fmt: skip
 
 
-def new_id() -> str:
-    return format_id(int(_generator.generate()))
+def new_id(now_ms: int) -> str:
+    """A fresh id for a job created at `now_ms` (the caller's clock reading, so a
+    bulk enqueue reads the clock once). Only the event-loop thread creates ids,
+    so the generator's lock-free core is safe to use."""
+    return format_id(
+        int(_generator.generate_or_reset_core(now_ms, scru128.DEFAULT_ROLLBACK_ALLOWANCE))
+    )

@@ -1,5 +1,11 @@
 """Commit modes: how long a write waits before the API may acknowledge it.
 
+Large batches (a bulk enqueue) are written on the helper thread in either
+mode: RocksDB releases the GIL while it inserts, so the event loop parses the
+next request while the previous one lands in the memtable. Small batches are
+written inline, where a thread hand-off would cost more than the write.
+
+
 `buffered` hands the batch to RocksDB's WAL without syncing: it survives a
 crash of our process (the OS holds the data) but not a power cut. `fsync`
 syncs the WAL before acknowledging. Syncs are slow (milliseconds), so every
@@ -22,29 +28,33 @@ class CommitMode(enum.StrEnum):
     FSYNC = "fsync"
 
 
+OFFLOAD_MIN_WRITES = 256  # batches with at least this many writes go to the helper thread
+
+_Pending = tuple[WriteBatch, bool, asyncio.Future, asyncio.AbstractEventLoop]
+
+
 class Committer:
     def __init__(self, store: Store) -> None:
         self._store = store
-        self._pending: queue.SimpleQueue[
-            tuple[WriteBatch, asyncio.Future, asyncio.AbstractEventLoop] | None
-        ] = queue.SimpleQueue()
+        self._pending: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self.syncs = 0  # number of WAL syncs performed, for tests and metrics
 
     async def commit(self, batch: WriteBatch, mode: CommitMode) -> None:
-        if mode is CommitMode.BUFFERED:
+        sync = mode is CommitMode.FSYNC
+        if not sync and batch.count < OFFLOAD_MIN_WRITES:
             self._store.write(batch)
             return
         self._ensure_thread()
         loop = asyncio.get_running_loop()
         done = loop.create_future()
-        self._pending.put((batch, done, loop))
+        self._pending.put((batch, sync, done, loop))
         await done
         self._store.applied(batch)  # counters belong to the loop thread
 
     def _ensure_thread(self) -> None:
         if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="zizq-fsync", daemon=True)
+            self._thread = threading.Thread(target=self._run, name="zizq-commit", daemon=True)
             self._thread.start()
 
     def _run(self) -> None:
@@ -67,18 +77,19 @@ class Committer:
             if stop:
                 return
 
-    def _write_group(self, group: list) -> None:
+    def _write_group(self, group: list[_Pending]) -> None:
         try:
-            # The WAL is sequential: syncing after the last batch makes every
+            # The WAL is sequential: syncing with the last batch makes every
             # earlier batch of the group durable too.
-            for batch, _, _ in group[:-1]:
+            sync = any(wants_sync for _, wants_sync, _, _ in group)
+            for batch, _, _, _ in group[:-1]:
                 self._store.write_raw(batch, sync=False)
-            self._store.write_raw(group[-1][0], sync=True)
-            self.syncs += 1
+            self._store.write_raw(group[-1][0], sync=sync)
+            self.syncs += sync
             error = None
         except Exception as exc:  # surface storage errors to every waiting request
             error = exc
-        for _, done, loop in group:
+        for _, _, done, loop in group:
             loop.call_soon_threadsafe(_settle, done, error)
 
     def close(self) -> None:

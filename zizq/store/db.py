@@ -64,8 +64,9 @@ class WriteBatch:
         self, job_id: str, key: IndexKey, present: bool, dims: tuple[int, ...] = (0, 1, 2)
     ) -> None:
         handle = self._store.h_index
+        id_bytes = job_id.encode("ascii")
         for dim in dims:
-            entry = layout.index_key(_INDEX_TAGS[dim], key[dim], job_id)
+            entry = layout.index_prefix(_INDEX_TAGS[dim], key[dim]) + id_bytes
             if present:
                 self.raw.put(entry, b"", handle)
             else:

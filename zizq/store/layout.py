@@ -5,6 +5,8 @@ the small job record, never the payload, and so that scans of one kind of key
 never wade through another.
 """
 
+import functools
+
 SCHEMA_VERSION = 1
 
 # The default column family holds store metadata such as the schema version.
@@ -43,6 +45,7 @@ def error_key_range(job_id: str) -> tuple[bytes, bytes]:
     return prefix + b"\x00\x00\x00\x00", prefix + b"\xff\xff\xff\xff\xff"
 
 
+@functools.lru_cache(maxsize=16384)  # few distinct queues/types/statuses, used per job write
 def index_prefix(tag: bytes, value: str) -> bytes:
     raw = value.encode("utf-8")
     return tag + len(raw).to_bytes(2, "big") + raw
