@@ -74,9 +74,10 @@ class ZizqServer:
         )
         # The thread gets this run's queue: after a restart, the old process's
         # end-of-output marker must not land in the new run's queue.
-        threading.Thread(
+        self._pump = threading.Thread(
             target=self._pump_output, args=(self.proc, self._line_queue), daemon=True
-        ).start()
+        )
+        self._pump.start()
         wanted = {"primary"} if "--no-admin" in self.args else {"primary", "admin"}
         deadline = time.monotonic() + START_TIMEOUT_S
         while not wanted.issubset(self.urls):
@@ -94,6 +95,16 @@ class ZizqServer:
             self.lines.append(line)
             lines.put(line)
         lines.put(None)
+
+    def _drain(self, timeout: float = 10.0) -> None:
+        """Wait until the output pipe closes, i.e. every process holding it has exited.
+
+        A one-file frozen binary is two processes; the server outlives the killed
+        launcher by a few milliseconds, still holding the port and the store lock.
+        """
+        pump = getattr(self, "_pump", None)
+        if pump is not None:
+            pump.join(timeout)
 
     def wait_for_line(self, predicate, timeout: float) -> str:
         """Next output line matching predicate; raises if none within timeout or on exit."""
@@ -129,17 +140,20 @@ class ZizqServer:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
         try:
-            return self.proc.wait(timeout=timeout)
+            code = self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(timeout=10)
             raise
+        self._drain()
+        return code
 
     def kill(self) -> None:
         """kill -9: no chance to flush or clean up."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(timeout=10)
+            self._drain()
 
     def restart(self) -> ZizqServer:
         self.stop()
