@@ -77,11 +77,20 @@ def order_desc(req: falcon.Request) -> bool:
     return raw == "desc"
 
 
-def cursors(req: falcon.Request) -> tuple[str | None, str | None]:
+def cursors(req: falcon.Request, is_key=None) -> tuple[str | None, str | None]:
+    """The `from` / `before` cursors, each checked with is_key (a job id by default)."""
+    is_key = is_key or _is_job_id
     after, before = _param(req, "from"), _param(req, "before")
     if after is not None and before is not None:
         raise InvalidInput("from: cannot be combined with before")
+    for name, value in (("from", after), ("before", before)):
+        if value is not None and not is_key(value):
+            raise InvalidInput(f"{name}: not a valid cursor; use the links in pages")
     return after, before
+
+
+def _is_job_id(value: str) -> bool:
+    return len(value) == 25 and value.isascii() and value.isalnum()
 
 
 def page_links(req: falcon.Request, order: str, page_limit: int, next_cursor, prev_cursor) -> dict:

@@ -72,6 +72,10 @@ async def delete_jobs(engine: Engine, req: falcon.Request, resp: falcon.Response
     respond(req, resp, {"deleted": deleted}, 200, media)
 
 
+def _is_attempt(raw: str) -> bool:
+    return raw.isascii() and raw.isdigit() and len(raw) <= 10
+
+
 def _attempt(raw: str) -> int:
     if not (raw.isascii() and raw.isdigit()):
         raise InvalidInput("attempt: must be a positive integer")
@@ -89,13 +93,13 @@ class JobErrors:
         params.reject_unknown(req, params.PAGE_PARAMS)
         limit = params.limit(req, MAX_ERRORS_PAGE)
         desc = params.order_desc(req)
-        after, before = params.cursors(req)
+        after, before = params.cursors(req, is_key=_is_attempt)
         page = self._engine.list_errors(
             job_id,
             limit,
             desc,
-            None if after is None else _attempt(after),
-            None if before is None else _attempt(before),
+            None if after is None else int(after),
+            None if before is None else int(before),
         )
         errors = [error for _, error in page.items]
         links = params.page_links(

@@ -45,7 +45,7 @@ from zizq.store import CommitMode, Committer, IndexKey, Store, WriteBatch, index
 
 logger = logging.getLogger("zizq.engine")
 
-BULK_SLICE = 500  # jobs changed per write batch by a bulk patch or delete
+BULK_SLICE = 250  # jobs changed per write batch by a bulk patch or delete
 PROMOTE_SLICE = 2000  # scheduled jobs promoted per loop iteration
 REAP_SLICE = 1000  # expired jobs deleted per write batch
 
@@ -353,7 +353,7 @@ class Engine:
     ) -> Page:
         query = JobQuery(self.store, job_filter)
         # A filter may scan far (a jq filter that matches little): do it off the loop.
-        return await asyncio.to_thread(
+        page = await asyncio.to_thread(
             take_page,
             lambda cursor: query.matches(cursor, order_desc),
             lambda cursor: query.matches(cursor, not order_desc),
@@ -361,6 +361,12 @@ class Engine:
             after,
             before,
         )
+        payloads = self.store.get_payloads([job_id for job_id, _ in page.items])
+        page.items = [
+            (job_id, record, payload)
+            for (job_id, record), payload in zip(page.items, payloads, strict=True)
+        ]
+        return page
 
     def list_errors(
         self, job_id: str, limit: int, order_desc: bool, after: int | None, before: int | None
@@ -429,7 +435,7 @@ class Engine:
             batch = self.store.batch()
             changed = []
             exhausted = True
-            for examined, (job_id, record, _) in enumerate(matches, 1):
+            for examined, (job_id, record) in enumerate(matches, 1):
                 if job_id in seen:
                     continue
                 seen.add(job_id)

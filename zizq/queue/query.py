@@ -164,30 +164,33 @@ class JobQuery:
 
     def matches(
         self, after: str | None = None, backwards: bool = False
-    ) -> Iterator[tuple[str, dict, bytes | None]]:
-        """(id, record, payload bytes) of every visible match, in id order or reverse."""
+    ) -> Iterator[tuple[str, dict]]:
+        """(id, record) of every visible match, in id order or reverse.
+
+        Payloads are read only when the jq filter needs them.
+        """
         now = now_ms()
         payload_filter = self.filter.payload
         for job_id in self._candidate_ids(after, backwards):
             record = self._store.get_job(job_id)
             if record is None or is_purged(record, now) or not self.filter.matches_record(record):
                 continue
-            payload = self._store.get_payload(job_id)
             if payload_filter is not None:
+                payload = self._store.get_payload(job_id)
                 value = None if payload is None else msgpack.unpackb(payload, strict_map_key=False)
                 if not payload_filter.matches(value):
                     continue
-            yield job_id, record, payload
+            yield job_id, record
 
     def first(self, after: str | None, backwards: bool) -> str | None:
-        for job_id, _, _ in self.matches(after, backwards):
+        for job_id, _ in self.matches(after, backwards):
             return job_id
         return None
 
 
 @dataclass
 class Page:
-    items: list[tuple[str, dict, bytes | None]]
+    items: list[tuple]  # (key, value) pairs: (id, record) or (attempt, error)
     next_after: str | None  # cursor for the following page, None at the end
     prev_before: str | None  # cursor for the preceding page, None at the start
 
