@@ -48,6 +48,7 @@ logger = logging.getLogger("zizq.engine")
 BULK_SLICE = 250  # jobs changed per write batch by a bulk patch or delete
 PROMOTE_SLICE = 2000  # scheduled jobs promoted per loop iteration
 REAP_SLICE = 1000  # expired jobs deleted per write batch
+YIELD_S = 0.001  # pause between slices of long work (see _let_requests_in)
 
 
 @dataclass(frozen=True)
@@ -449,7 +450,7 @@ class Engine:
                 self._write_visible(batch)
                 total += len(changed)
                 self._after_patch([(job_id, r) for job_id, r in changed if isinstance(r, dict)])
-            await asyncio.sleep(0)
+            await _let_requests_in()
         return total
 
     async def patch_jobs(self, job_filter: JobFilter, patch: JobPatch) -> int:
@@ -535,7 +536,7 @@ class Engine:
             self.dispatcher.request_pump()
         if len(due) == PROMOTE_SLICE:
             # More are due: continue on the next loop iteration so requests keep flowing.
-            self._loop.call_soon(self._promote_due)
+            self._loop.call_later(YIELD_S, self._promote_due)
         else:
             self._arm_scheduler()
 
@@ -569,7 +570,18 @@ class Engine:
                     batch.delete_job(job_id, index_key_of(record))
                     removed += 1
             self.store.write(batch)
-            await asyncio.sleep(0)  # let requests in between slices
+            await _let_requests_in()
+
+
+async def _let_requests_in() -> None:
+    """Pause a long task between slices so waiting requests are served.
+
+    A real (if tiny) sleep, not sleep(0): measured with a 100,000-job bulk
+    patch, sleep(0) let a /health request wait 835 ms, because Granian's
+    hand-over of new requests is only picked up when the loop polls for I/O
+    with nothing else ready; with a 1 ms sleep the worst wait was 33 ms.
+    """
+    await asyncio.sleep(YIELD_S)
 
 
 def _plausible_id(job_id: str) -> bool:
