@@ -17,6 +17,7 @@ from zizq.config import ServeConfig
 from zizq.listener import Listener
 from zizq.logs import configure_logging, log_event
 from zizq.queue import Engine, EngineSettings
+from zizq.queue.maintenance import Maintenance
 from zizq.store import SchemaVersionError, Store, StoreLockedError
 
 logger = logging.getLogger("zizq.server")
@@ -39,6 +40,9 @@ async def serve(config: ServeConfig) -> int:
         return 1
     log_event(logger, logging.INFO, "store opened", root_dir=str(config.root_dir))
     engine = Engine(store, EngineSettings.from_config(config))
+    maintenance = Maintenance(store, __version__)
+    maintenance.remove_stale_backups()  # left behind if a previous server died mid-backup
+    engine.maintenance = maintenance
     listeners: list[Listener] = []
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -53,7 +57,9 @@ async def serve(config: ServeConfig) -> int:
         gc.freeze()
         gc.set_threshold(50_000, 20, 20)
         if config.admin_enabled:
-            admin = Listener(create_admin_app(__version__), config.admin_host, config.admin_port)
+            admin = Listener(
+                create_admin_app(maintenance, __version__), config.admin_host, config.admin_port
+            )
             listeners.append(admin)
             _announce("admin", await admin.start())
         primary = Listener(create_primary_app(engine, __version__), config.host, config.port)

@@ -9,6 +9,7 @@ import pytest
 
 from zizq.api.app import create_admin_app, create_primary_app
 from zizq.queue import Engine, EngineSettings
+from zizq.queue.maintenance import Maintenance
 
 
 @pytest.fixture
@@ -121,8 +122,8 @@ def test_failure_of_job_not_in_flight_is_404(call):
     assert call("POST", f"/jobs/{job['id']}/failure", json={}).status_code == 400
 
 
-def test_admin_app_has_no_job_routes(run):
-    app = create_admin_app("1.2.3")
+def test_admin_app_has_no_job_routes(run, store):
+    app = create_admin_app(Maintenance(store, "1.2.3"), "1.2.3")
 
     async def go():
         async with httpx.AsyncClient(

@@ -8,11 +8,13 @@ import falcon.asgi
 
 from zizq.api import errors
 from zizq.api.acks import BulkSuccess, Failure, Success
+from zizq.api.admin import Backup, Compact
 from zizq.api.health import Health, Version
 from zizq.api.jobs import BulkJobs, JobCollection, JobItem
 from zizq.api.query import JobCount, JobError, JobErrors, Queues, Reset
 from zizq.api.take import RECEIVE_KEY, Take
 from zizq.queue import Engine
+from zizq.queue.maintenance import Maintenance
 
 ASGIApp = Callable[[dict, Callable, Callable], Awaitable[None]]
 
@@ -53,5 +55,8 @@ def create_primary_app(engine: Engine, version: str) -> ASGIApp:
     return _expose_receive(app)
 
 
-def create_admin_app(version: str) -> ASGIApp:
-    return _base_app(version)
+def create_admin_app(maintenance: Maintenance, version: str) -> ASGIApp:
+    app = _base_app(version)
+    app.add_route("/backup", Backup(maintenance))
+    app.add_route("/compact", Compact(maintenance))
+    return _expose_receive(app)

@@ -25,6 +25,7 @@ from zizq.queue.dispatch import Dispatcher, InFlightEntry
 from zizq.queue.errors import Conflict, NotFound
 from zizq.queue.ids import new_id
 from zizq.queue.indexes import ReadyIndex, TimerHeap
+from zizq.queue.maintenance import Maintenance
 from zizq.queue.patch import JobPatch, apply_patch
 from zizq.queue.query import JobFilter, JobQuery, Page, take_page
 from zizq.queue.records import (
@@ -91,6 +92,7 @@ class Engine:
         self._timer_due: int | None = None
         self._reaper: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.maintenance: Maintenance | None = None  # set by the server: backups, compaction
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -479,7 +481,10 @@ class Engine:
     async def delete_jobs(self, job_filter: JobFilter) -> int:
         if job_filter == JobFilter():
             return await self.reset()
-        return await self._in_slices(job_filter, self._delete_one)
+        deleted = await self._in_slices(job_filter, self._delete_one)
+        if self.maintenance is not None:
+            self.maintenance.note_deleted(deleted)
+        return deleted
 
     async def reset(self) -> int:
         """Delete every job (in flight too) in one atomic batch; returns how many there were."""
@@ -492,6 +497,8 @@ class Engine:
         self.ready.clear()
         self.scheduled.clear()
         self.purges.clear()
+        if self.maintenance is not None:
+            self.maintenance.note_deleted(total)
         return total
 
     # -- scheduler -------------------------------------------------------------

@@ -41,6 +41,9 @@ def _options(cache: rocksdict.Cache) -> rocksdict.Options:
     table.set_bloom_filter(10, False)
     opts.set_block_based_table_factory(table)
     opts.set_max_background_jobs(2)
+    # Queues delete as much as they write: let RocksDB compact away SST files
+    # that are mostly tombstones instead of waiting for size-triggered compactions.
+    opts.add_compact_on_deletion_collector_factory(10_000, 5_000, 0.5)
     return opts
 
 
@@ -259,6 +262,21 @@ class Store:
     def get_error(self, job_id: str, attempt: int) -> dict | None:
         raw = self.errors.get(layout.error_key(job_id, attempt))
         return None if raw is None else msgpack.unpackb(raw)
+
+    # -- maintenance ----------------------------------------------------
+
+    def disk_usage(self) -> int:
+        """Bytes the database occupies on disk."""
+        return sum(path.stat().st_size for path in self.path.rglob("*") if path.is_file())
+
+    def compact(self) -> None:
+        """Full compaction of every column family (slow; releases the GIL: run it on a thread)."""
+        options = rocksdict.CompactOptions()
+        # Rewrite the bottom level too: that is where deleted jobs' tombstones meet their data.
+        options.set_bottommost_level_compaction(rocksdict.BottommostLevelCompaction.force())
+        for name in (*layout.COLUMN_FAMILIES, None):
+            target = self.db if name is None else self.db.get_column_family(name)
+            target.compact_range(None, None, options)
 
     def close(self) -> None:
         self.db.flush_wal(True)
