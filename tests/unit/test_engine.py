@@ -154,7 +154,7 @@ def test_reaper_removes_expired(make_engine, run, store):
     run(engine.ack(job["id"]))
     assert store.get_job(job["id"])["status"] == "completed"
     run(asyncio.sleep(0.01))
-    assert run(engine.reap()) == 1
+    assert run(engine.reaper.reap()) == 1
     assert store.get_job(job["id"]) is None and store.get_payload(job["id"]) is None
 
 

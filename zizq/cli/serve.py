@@ -1,21 +1,30 @@
 """`zizq serve`: parse and validate the server's flags into a `ServeConfig`, then run it.
 
 Every flag has an exactly named `ZIZQ_*` environment variable. The global options
-(`--root-dir`, `--license-key`) are defined here too, because they are accepted both before
-the subcommand (on the group) and after it (on `serve`).
+(`--root-dir`, `--license-key`) live in `zizq.cli.common`, because they are accepted both
+before the subcommand (on the group) and after it (on `serve` and `restore`).
 """
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
-from click.core import ParameterSource
 
+from zizq.cli.common import (
+    CONTEXT_SETTINGS,
+    F,
+    GlobalOptions,
+    envvar_for,
+    global_value,
+    license_key_option,
+    option,
+    root_dir_option,
+    with_options,
+)
 from zizq.config import DEFAULT_BACKOFF, DURATION, SIZE, BackoffPolicy, ServeConfig
 
 __all__ = [
@@ -29,24 +38,11 @@ __all__ = [
     "serve_config_from_params",
 ]
 
-F = TypeVar("F", bound=Callable[..., Any])
-
-CONTEXT_SETTINGS: dict[str, Any] = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
-
 COMMIT_MODES = ("buffered", "fsync")
 LOG_LEVELS = ("trace", "debug", "info", "warn", "warning", "error")
 BACKOFF_FLAGS = ("--default-backoff-base", "--default-backoff-exponent", "--default-backoff-jitter")
 
-
-def envvar_for(flag: str) -> str:
-    """`--default-backoff-base` -> `ZIZQ_DEFAULT_BACKOFF_BASE` (the documented names)."""
-    return "ZIZQ_" + flag.removeprefix("--").upper().replace("-", "_")
-
-
-def _option(flag: str, help: str, **kwargs: Any) -> Callable[[F], F]:
-    """A click option with its exact env var shown in `--help`, and its default shown."""
-    kwargs.setdefault("show_default", True)
-    return click.option(flag, envvar=envvar_for(flag), show_envvar=True, help=help, **kwargs)
+_option = option
 
 
 def _positive(_ctx: click.Context, _param: click.Parameter, value: int) -> int:
@@ -54,44 +50,6 @@ def _positive(_ctx: click.Context, _param: click.Parameter, value: int) -> int:
     if value <= 0:
         raise click.BadParameter("must be greater than 0")
     return value
-
-
-# --- global options --------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class GlobalOptions:
-    """Global option values as resolved by the `zizq` group, shared with subcommands."""
-
-    root_dir: Path
-    license_key: str | None
-
-
-root_dir_option = _option(
-    "--root-dir",
-    "Directory holding the database and other server files.",
-    type=click.Path(file_okay=False, path_type=Path),
-    default="./zizq-root",
-)
-license_key_option = _option(
-    "--license-key",
-    "License key (a JWT), or @path to a file holding it (re-read every 5s).",
-    default=None,
-    show_default=False,
-)
-
-
-def _global_value(ctx: click.Context, name: str) -> Any:
-    """A global option's value: given after the subcommand wins, else the group's value.
-
-    Both positions read the same env var, so only a command-line value here can differ
-    from what the group already resolved (command line > env var > default).
-    """
-    own = ctx.params[name]
-    if ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE:
-        return own
-    group = ctx.find_object(GlobalOptions)
-    return getattr(group, name) if group is not None else own
 
 
 # --- config building -------------------------------------------------------------------
@@ -156,8 +114,8 @@ def serve_config_from_params(**params: Any) -> ServeConfig:
 def config_from_context(ctx: click.Context) -> ServeConfig:
     """Build the config for an invocation of `serve`, honouring group-level globals."""
     params = dict(ctx.params)
-    params["root_dir"] = _global_value(ctx, "root_dir")
-    params["license_key"] = _global_value(ctx, "license_key")
+    params["root_dir"] = global_value(ctx, "root_dir")
+    params["license_key"] = global_value(ctx, "license_key")
     return serve_config_from_params(**params)
 
 
@@ -303,19 +261,8 @@ _SERVE_OPTIONS: list[Callable[[F], F]] = [
 ]
 
 
-def _with_options(options: list[Callable[[F], F]]) -> Callable[[F], F]:
-    """Apply options so that `--help` lists them in the order written above."""
-
-    def decorate(func: F) -> F:
-        for option in reversed(options):
-            func = option(func)
-        return func
-
-    return decorate
-
-
 @click.command("serve", context_settings=CONTEXT_SETTINGS)
-@_with_options(_SERVE_OPTIONS)
+@with_options(_SERVE_OPTIONS)
 @click.pass_context
 def serve(ctx: click.Context, **_params: Any) -> None:
     """Run the job queue server (the default command)."""

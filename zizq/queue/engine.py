@@ -12,27 +12,25 @@ Rules that keep it correct:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections import Counter
 from dataclasses import dataclass
 
 from zizq.config import BackoffPolicy, ServeConfig
-from zizq.logs import log_event
 from zizq.queue.backoff import policy_from_record, retry_delay_ms
 from zizq.queue.consumer import Consumer
 from zizq.queue.dispatch import Dispatcher, InFlightEntry
 from zizq.queue.errors import Conflict, NotFound
 from zizq.queue.ids import new_id
-from zizq.queue.indexes import ReadyIndex, TimerHeap
+from zizq.queue.indexes import ReadyIndex
 from zizq.queue.maintenance import Maintenance
+from zizq.queue.pacing import let_requests_in
 from zizq.queue.patch import JobPatch, apply_patch
 from zizq.queue.query import JobFilter, JobQuery, Page, take_page
+from zizq.queue.reaper import Reaper
 from zizq.queue.records import (
     COMPLETED,
     DEAD,
     DEFAULT_PRIORITY,
-    IN_FLIGHT,
     READY,
     SCHEDULED,
     TERMINAL,
@@ -41,15 +39,14 @@ from zizq.queue.records import (
     now_ms,
     public_view,
 )
+from zizq.queue.recovery import recover
+from zizq.queue.scheduler import Scheduler
 from zizq.queue.spec import FailureSpec, JobSpec
-from zizq.store import CommitMode, Committer, IndexKey, Store, WriteBatch, index_key_of
+from zizq.store import CommitMode, Committer, Store, WriteBatch, index_key_of
 
 logger = logging.getLogger("zizq.engine")
 
 BULK_SLICE = 250  # jobs changed per write batch by a bulk patch or delete
-PROMOTE_SLICE = 2000  # scheduled jobs promoted per loop iteration
-REAP_SLICE = 1000  # expired jobs deleted per write batch
-YIELD_S = 0.001  # pause between slices of long work (see _let_requests_in)
 
 
 @dataclass(frozen=True)
@@ -85,75 +82,30 @@ class Engine:
         self.settings = settings
         self.committer = Committer(store)
         self.ready = ReadyIndex()
-        self.scheduled = TimerHeap()
-        self.purges = TimerHeap()
         self.dispatcher = Dispatcher(store, self.ready, settings.global_in_flight_limit)
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_due: int | None = None
-        self._reaper: asyncio.Task | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self.scheduler = Scheduler(store, self.ready, self.dispatcher)
+        self.reaper = Reaper(store, settings.reaper_check_interval_ms)
         self.maintenance: Maintenance | None = None  # set by the server: backups, compaction
 
     # -- lifecycle -------------------------------------------------------------
 
     async def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self.dispatcher.bind(self._loop)
-        self._rebuild_indexes()
-        self._arm_scheduler()
-        self._reaper = asyncio.create_task(self._reap_forever(), name="zizq-reaper")
-
-    def _rebuild_indexes(self) -> None:
-        """Load the indexes from disk; jobs that were in flight go back to ready."""
-        ready, scheduled, purges = [], [], []
-        counts: Counter[IndexKey] = Counter()
-        requeue = self.store.batch()
-        requeued = 0
-        for job_id, record in self.store.iter_jobs():
-            status = record["status"]
-            counts[index_key_of(record)] += 1
-            if status == IN_FLIGHT:
-                previous = index_key_of(record)
-                record["status"] = READY
-                record.pop("dequeued_at", None)
-                requeue.put_job(job_id, record, previous)
-                requeued += 1
-                status = READY
-            if status == READY:
-                ready.append((record["queue"], record["priority"], job_id))
-            elif status == SCHEDULED:
-                scheduled.append((record["ready_at"], job_id))
-            elif status in TERMINAL and "purge_at" in record:
-                purges.append((record["purge_at"], job_id))
-        self.store.counts = counts
-        if requeued:
-            self.store.write(requeue, sync=True)
-        self.ready.load(ready)
-        self.scheduled.load(scheduled)
-        self.purges.load(purges)
-        log_event(
-            logger,
-            logging.INFO,
-            "in-memory indexes rebuilt",
-            ready=len(ready),
-            scheduled=len(scheduled),
-            in_flight_requeued=requeued,
-            retained=len(purges),
-        )
+        loop = asyncio.get_running_loop()
+        self.dispatcher.bind(loop)
+        found = recover(self.store)
+        self.ready.load(found.ready)
+        self.scheduler.due.load(found.scheduled)
+        self.reaper.due.load(found.retained)
+        self.scheduler.start(loop)
+        self.reaper.start()
 
     async def stop(self) -> None:
         """Close every take stream and return their jobs to ready; stop timers."""
         for consumer in self.dispatcher.consumers():
             consumer.close()
             self.close_consumer(consumer)
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if self._reaper is not None:
-            self._reaper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reaper
-            self._reaper = None
+        self.scheduler.stop()
+        await self.reaper.stop()
         self.committer.close()
 
     # -- enqueue ---------------------------------------------------------------
@@ -198,11 +150,11 @@ class Engine:
         if record["status"] == READY:
             self.ready.push(record["queue"], record["priority"], job_id)
         elif record["status"] == SCHEDULED:
-            self.scheduled.push(record["ready_at"], job_id)
+            self.scheduler.add(record["ready_at"], job_id)
 
     def _after_index_change(self) -> None:
         self.dispatcher.request_pump()
-        self._arm_scheduler()
+        self.scheduler.arm()
 
     # -- reads -----------------------------------------------------------------
 
@@ -282,7 +234,7 @@ class Engine:
             await self.committer.commit(batch, self.settings.default_commit_mode)
         for job_id, entry, purge_at in claimed:
             if purge_at is not None:
-                self.purges.push(purge_at, job_id)
+                self.reaper.add(purge_at, job_id)
             self.dispatcher.release(entry, job_id)
         return not_found
 
@@ -321,19 +273,18 @@ class Engine:
             batch.put_job(job_id, record, previous)
         await self.committer.commit(batch, self.settings.default_commit_mode)
         if purge_at is not None:
-            self.purges.push(purge_at, job_id)
+            self.reaper.add(purge_at, job_id)
         self._index_waiting(job_id, record)
         self.dispatcher.release(entry, job_id)
-        self._arm_scheduler()
+        self.scheduler.arm()
         return public_view(job_id, record)
 
     # -- visibility and control ----------------------------------------------
 
     async def _reap_due(self) -> None:
         """Remove expired jobs now, so counters never count a job that is already invisible."""
-        due = self.purges.next_due()
-        if due is not None and due <= now_ms():
-            await self.reap()
+        if self.reaper.anything_due():
+            await self.reaper.reap()
 
     async def count(self, job_filter: JobFilter) -> int:
         await self._reap_due()
@@ -452,7 +403,7 @@ class Engine:
                 self._write_visible(batch)
                 total += len(changed)
                 self._after_patch([(job_id, r) for job_id, r in changed if isinstance(r, dict)])
-            await _let_requests_in()
+            await let_requests_in()
         return total
 
     async def patch_jobs(self, job_filter: JobFilter, patch: JobPatch) -> int:
@@ -495,100 +446,11 @@ class Engine:
         self._write_visible(batch)
         self.dispatcher.drop_all()
         self.ready.clear()
-        self.scheduled.clear()
-        self.purges.clear()
+        self.scheduler.due.clear()
+        self.reaper.due.clear()
         if self.maintenance is not None:
             self.maintenance.note_deleted(total)
         return total
-
-    # -- scheduler -------------------------------------------------------------
-
-    def _arm_scheduler(self) -> None:
-        """Sleep until the next scheduled job is due (a timer, not a poll)."""
-        due = self.scheduled.next_due()
-        if due is None or (
-            self._timer is not None and self._timer_due is not None and self._timer_due <= due
-        ):
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-        # +1 ms so the timer never fires in the millisecond before the job is due.
-        delay = max(0.0, (due - now_ms() + 1) / 1000)
-        self._timer = self._loop.call_later(delay, self._promote_due)
-        self._timer_due = due
-
-    def _promote_due(self) -> None:
-        self._timer = None
-        self._timer_due = None
-        now = now_ms()
-        due = self.scheduled.pop_due(now, PROMOTE_SLICE)
-        batch = self.store.batch()
-        promoted = []
-        seen = set()  # a patch may have left duplicate entries; promote each job once
-        for ready_at, job_id in due:
-            if job_id in seen:
-                continue
-            seen.add(job_id)
-            record = self.store.get_job(job_id)
-            if record is None or record["status"] != SCHEDULED or record["ready_at"] != ready_at:
-                continue  # stale: the job was patched, deleted or already moved on
-            previous = index_key_of(record)
-            record["status"] = READY
-            batch.put_job(job_id, record, previous)
-            promoted.append((job_id, record))
-        if promoted:
-            self.store.write(batch)
-            for job_id, record in promoted:
-                self.ready.push(record["queue"], record["priority"], job_id)
-            self.dispatcher.request_pump()
-        if len(due) == PROMOTE_SLICE:
-            # More are due: continue on the next loop iteration so requests keep flowing.
-            self._loop.call_later(YIELD_S, self._promote_due)
-        else:
-            self._arm_scheduler()
-
-    # -- reaper ------------------------------------------------------------------
-
-    async def _reap_forever(self) -> None:
-        interval = self.settings.reaper_check_interval_ms / 1000
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await self.reap()
-            except Exception:  # keep reaping on the next tick; never kill the server
-                logger.exception("reaper pass failed")
-
-    async def reap(self) -> int:
-        """Delete every job whose retention has ended; returns how many."""
-        removed = 0
-        while True:
-            due = self.purges.pop_due(now_ms(), REAP_SLICE)
-            if not due:
-                return removed
-            batch = self.store.batch()
-            unique = {job_id: due_at for due_at, job_id in due}  # each job once
-            for job_id, purge_at in unique.items():
-                record = self.store.get_job(job_id)
-                if (
-                    record is not None
-                    and record["status"] in TERMINAL
-                    and record.get("purge_at") == purge_at
-                ):
-                    batch.delete_job(job_id, index_key_of(record))
-                    removed += 1
-            self.store.write(batch)
-            await _let_requests_in()
-
-
-async def _let_requests_in() -> None:
-    """Pause a long task between slices so waiting requests are served.
-
-    A real (if tiny) sleep, not sleep(0): measured with a 100,000-job bulk
-    patch, sleep(0) let a /health request wait 835 ms, because Granian's
-    hand-over of new requests is only picked up when the loop polls for I/O
-    with nothing else ready; with a 1 ms sleep the worst wait was 33 ms.
-    """
-    await asyncio.sleep(YIELD_S)
 
 
 def _plausible_id(job_id: str) -> bool:

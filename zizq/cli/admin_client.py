@@ -1,0 +1,238 @@
+"""A small stdlib HTTP(S) client for the admin API, shared by `zizq backup` and `zizq compact`.
+
+Only the standard library (http.client + ssl): the CLI must not depend on a dev-only
+HTTP package. Every failure becomes one `AdminError` line meant for the user.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import click
+
+from zizq.cli.common import F, option
+
+__all__ = [
+    "DEFAULT_ADMIN_URL",
+    "AdminClient",
+    "AdminError",
+    "admin_options",
+    "human_rate",
+    "human_size",
+    "normalize_url",
+]
+
+DEFAULT_ADMIN_URL = "http://127.0.0.1:8901"
+CONNECT_TIMEOUT_S = 10.0
+_UNITS = ("KiB", "MiB", "GiB", "TiB", "PiB")
+
+
+class AdminError(click.ClickException):
+    """A failure talking to the admin API; printed as one `Error: ...` line, exit 1."""
+
+
+# -- formatting ------------------------------------------------------------------------
+
+
+def human_size(size: float) -> str:
+    """Bytes in binary units with one decimal: 512 B, 1.5 KiB, 42.0 MiB."""
+    if size < 1024:
+        return f"{int(size)} B"
+    for unit in _UNITS:
+        size /= 1024
+        if size < 1024 or unit == _UNITS[-1]:
+            return f"{size:.1f} {unit}"
+    raise AssertionError("unreachable")
+
+
+def human_rate(bytes_per_second: float) -> str:
+    return f"{human_size(bytes_per_second)}/s"
+
+
+# -- urls and TLS -----------------------------------------------------------------------
+
+
+def normalize_url(url: str) -> str:
+    """Check an admin URL (`http[s]://host[:port][/prefix]`) and drop a trailing slash."""
+    text = url.strip()
+    if "://" not in text:
+        raise click.UsageError(f"invalid --url {url!r}: expected http://HOST:PORT or https://...")
+    parts = urlsplit(text)
+    if parts.scheme.lower() not in ("http", "https"):
+        raise click.UsageError(f"invalid --url {url!r}: the scheme must be http or https")
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError:
+        raise click.UsageError(f"invalid --url {url!r}: bad port") from None
+    if not parts.hostname:
+        raise click.UsageError(f"invalid --url {url!r}: no host")
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise click.UsageError(
+            f"invalid --url {url!r}: no credentials, query or fragment allowed"
+        )
+    return f"{parts.scheme.lower()}://{parts.netloc}{parts.path.rstrip('/')}"
+
+
+def ssl_context(
+    ca_cert: Path | None, client_cert: Path | None, client_key: Path | None
+) -> ssl.SSLContext:
+    """Verify the server against `ca_cert` (else the system CAs); present a client cert if given."""
+    if (client_cert is None) != (client_key is None):
+        raise click.UsageError("--client-cert and --client-key must be given together")
+    try:
+        context = ssl.create_default_context(cafile=str(ca_cert) if ca_cert else None)
+        if client_cert is not None and client_key is not None:
+            context.load_cert_chain(str(client_cert), str(client_key))
+    except (OSError, ssl.SSLError) as exc:
+        raise AdminError(f"cannot load the TLS certificates: {_reason(exc)}") from None
+    return context
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return exc.verify_message or str(exc)
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
+
+
+# -- the client -------------------------------------------------------------------------
+
+
+@dataclass
+class AdminClient:
+    url: str  # normalized, no trailing slash
+    ca_cert: Path | None = None
+    client_cert: Path | None = None
+    client_key: Path | None = None
+
+    def __post_init__(self) -> None:
+        self.url = normalize_url(self.url)
+        parts = urlsplit(self.url)
+        self._https = parts.scheme == "https"
+        self._host = parts.hostname or ""
+        self._port = parts.port or (443 if self._https else 80)
+        self._prefix = parts.path
+        tls_flags = (self.ca_cert, self.client_cert, self.client_key)
+        if not self._https and any(flag is not None for flag in tls_flags):
+            raise click.UsageError(
+                "--ca-cert, --client-cert and --client-key need an https:// --url"
+            )
+        self._context = (
+            ssl_context(self.ca_cert, self.client_cert, self.client_key) if self._https else None
+        )
+
+    def post(
+        self, path: str, accept: str, read_timeout: float | None
+    ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+        """POST `path` with no body; returns the open connection and a 2xx response.
+
+        A non-2xx answer becomes an AdminError carrying the server's `error` message.
+        The caller reads the response and closes the connection.
+        """
+        connection: http.client.HTTPConnection
+        if self._context is not None:
+            connection = http.client.HTTPSConnection(
+                self._host, self._port, timeout=CONNECT_TIMEOUT_S, context=self._context
+            )
+        else:
+            connection = http.client.HTTPConnection(
+                self._host, self._port, timeout=CONNECT_TIMEOUT_S
+            )
+        try:
+            connection.connect()
+            assert connection.sock is not None
+            connection.sock.settimeout(read_timeout)
+            connection.request(
+                "POST",
+                self._prefix + path,
+                headers={"Accept": accept, "Content-Length": "0", "User-Agent": "zizq-cli"},
+            )
+            response = connection.getresponse()
+            if not 200 <= response.status < 300:
+                raise AdminError(self._http_error(response))
+            return connection, response
+        except AdminError:
+            connection.close()
+            raise
+        except (OSError, http.client.HTTPException) as exc:
+            connection.close()
+            raise self.network_error(exc) from None
+
+    def network_error(self, exc: BaseException) -> AdminError:
+        if isinstance(exc, ConnectionRefusedError):
+            return AdminError(f"cannot connect to {self.url}: connection refused (is the server running with its admin API?)")
+        if isinstance(exc, socket.timeout | TimeoutError):
+            return AdminError(f"{self.url} did not answer in time")
+        if isinstance(exc, socket.gaierror):
+            return AdminError(f"cannot resolve {self._host}: {exc.strerror or exc}")
+        if isinstance(exc, ssl.SSLError | ssl.CertificateError):
+            return AdminError(f"TLS handshake with {self.url} failed: {_reason(exc)}")
+        if isinstance(exc, http.client.IncompleteRead):
+            return AdminError(f"the connection to {self.url} broke off mid-response")
+        if isinstance(exc, http.client.RemoteDisconnected):
+            return AdminError(f"{self.url} closed the connection without answering")
+        return AdminError(f"request to {self.url} failed: {_reason(exc)}")
+
+    def _http_error(self, response: http.client.HTTPResponse) -> str:
+        try:
+            body = response.read(64 * 1024)
+        except (OSError, http.client.HTTPException):
+            body = b""
+        message = ""
+        try:
+            decoded = json.loads(body)
+            if isinstance(decoded, dict) and isinstance(decoded.get("error"), str):
+                message = decoded["error"]
+        except ValueError:
+            message = body.decode("utf-8", "replace").strip().splitlines()[0][:200] if body else ""
+        status = f"{response.status} {response.reason}".strip()
+        return f"the server answered {status}" + (f": {message}" if message else "")
+
+
+# -- the shared flags ---------------------------------------------------------------------
+
+_ADMIN_OPTIONS: list[Callable[[Any], Any]] = [
+    option(
+        "--url",
+        "Base URL of the server's admin API.",
+        envvar="ZIZQ_ADMIN_URL",
+        default=DEFAULT_ADMIN_URL,
+    ),
+    option(
+        "--ca-cert",
+        "CA certificate (PEM) to verify an https:// admin API with (default: system CAs).",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        show_default=False,
+    ),
+    option(
+        "--client-cert",
+        "Client certificate (PEM) for a mutual-TLS admin API (with --client-key).",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        show_default=False,
+    ),
+    option(
+        "--client-key",
+        "Private key (PEM) of --client-cert.",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        show_default=False,
+    ),
+]
+
+
+def admin_options(func: F) -> F:
+    """`--url`, `--ca-cert`, `--client-cert`, `--client-key`, in that order."""
+    for each in reversed(_ADMIN_OPTIONS):
+        func = each(func)
+    return func
