@@ -8,12 +8,15 @@ from pathlib import Path
 import click
 
 from zizq import __version__
-from zizq.cli.serve import (
+from zizq.cli.backup import backup as backup_command
+from zizq.cli.common import (
     CONTEXT_SETTINGS,
     GlobalOptions,
     license_key_option,
     root_dir_option,
 )
+from zizq.cli.compact import compact as compact_command
+from zizq.cli.restore import restore as restore_command
 from zizq.cli.serve import serve as serve_command  # keeps `zizq.cli.serve` naming the module
 
 __all__ = ["main"]
@@ -57,3 +60,6 @@ def _invoke_default(ctx: click.Context) -> None:
 
 
 main.add_command(serve_command)
+main.add_command(backup_command)
+main.add_command(restore_command)
+main.add_command(compact_command)

@@ -75,9 +75,7 @@ def normalize_url(url: str) -> str:
     if not parts.hostname:
         raise click.UsageError(f"invalid --url {url!r}: no host")
     if parts.query or parts.fragment or parts.username or parts.password:
-        raise click.UsageError(
-            f"invalid --url {url!r}: no credentials, query or fragment allowed"
-        )
+        raise click.UsageError(f"invalid --url {url!r}: no credentials, query or fragment allowed")
     return f"{parts.scheme.lower()}://{parts.netloc}{parts.path.rstrip('/')}"
 
 
@@ -99,6 +97,10 @@ def ssl_context(
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, ssl.SSLCertVerificationError):
         return exc.verify_message or str(exc)
+    if isinstance(exc, ssl.SSLEOFError | ssl.SSLZeroReturnError):
+        return "the server closed the connection during the TLS handshake"
+    if isinstance(exc, ssl.SSLError) and exc.reason:
+        return exc.reason.lower().replace("_", " ")
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
     return str(exc) or type(exc).__name__
@@ -169,13 +171,18 @@ class AdminClient:
 
     def network_error(self, exc: BaseException) -> AdminError:
         if isinstance(exc, ConnectionRefusedError):
-            return AdminError(f"cannot connect to {self.url}: connection refused (is the server running with its admin API?)")
+            return AdminError(
+                f"cannot connect to {self.url}: connection refused (is the server running with its admin API?)"
+            )
         if isinstance(exc, socket.timeout | TimeoutError):
             return AdminError(f"{self.url} did not answer in time")
         if isinstance(exc, socket.gaierror):
             return AdminError(f"cannot resolve {self._host}: {exc.strerror or exc}")
         if isinstance(exc, ssl.SSLError | ssl.CertificateError):
-            return AdminError(f"TLS handshake with {self.url} failed: {_reason(exc)}")
+            hint = ""
+            if self.client_cert is None and not isinstance(exc, ssl.SSLCertVerificationError):
+                hint = " (if it requires a client certificate, give --client-cert and --client-key)"
+            return AdminError(f"TLS handshake with {self.url} failed: {_reason(exc)}{hint}")
         if isinstance(exc, http.client.IncompleteRead):
             return AdminError(f"the connection to {self.url} broke off mid-response")
         if isinstance(exc, http.client.RemoteDisconnected):

@@ -65,9 +65,10 @@ class Maintenance:
 
     async def compact(self) -> tuple[int, int]:
         """Full compaction; returns the on-disk size before and after, in bytes."""
+        # Measure first: a background compaction already under way counts as this one's work.
+        before = await asyncio.to_thread(self._store.disk_usage)
         if self._compacting is not None:
             await asyncio.shield(self._compacting)
-        before = await asyncio.to_thread(self._store.disk_usage)
         self._compacting = asyncio.create_task(asyncio.to_thread(self._store.compact))
         try:
             await asyncio.shield(self._compacting)

@@ -53,6 +53,9 @@ def create_checkpoint(store: Store) -> Path:
     target = store.root_dir / f"{TEMP_PREFIX}{uuid.uuid4().hex}"
     target.mkdir()
     checkpoint_dir = target / layout.DATA_DIR_NAME
+    # Checkpoint holds the GIL while it flushes the memtables; flush() does not, so flush first.
+    for name in (*layout.COLUMN_FAMILIES, None):
+        (store.db if name is None else store.db.get_column_family(name)).flush(True)
     rocksdict.Checkpoint(store.db).create_checkpoint(str(checkpoint_dir))
     return target
 
