@@ -71,7 +71,8 @@ root_dir_option = option(
 )
 license_key_option = option(
     "--license-key",
-    "License key (a JWT), or @path to a file holding it (re-read every 5s).",
+    "License key (a JWT) or @path to a file holding it. Accepted now; pro features "
+    "(unique and batched jobs, crons, mutual TLS) are not in this build yet.",
     default=None,
     show_default=False,
 )
