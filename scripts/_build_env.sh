@@ -1,6 +1,6 @@
 # shellcheck shell=bash disable=SC2034 # (sets variables for the scripts that source it)
-# Sourced by scripts/build and scripts/test-binary: set up .venv like scripts/_bootstrap.sh
-# does, and name the platform. Sets ROOT, VENV, PY (the venv's python), EXE (".exe" on
+# Sourced by scripts/build and scripts/test-binary: set up .venv (scripts/_bootstrap.sh)
+# and name the platform. Sets ROOT, VENV, PY (the venv's python), EXE (".exe" on
 # Windows, else empty), ZIZQ_OS (linux|macos|windows) and ZIZQ_ARCH (x86_64|aarch64|arm64).
 set -euo pipefail
 
@@ -17,25 +17,7 @@ case "$(uname -m)" in
   *) echo "unsupported architecture: $(uname -m)" >&2; exit 1 ;;
 esac
 
-if [ "$ZIZQ_OS" = windows ]; then
-  # scripts/_bootstrap.sh assumes .venv/bin; a Windows venv has .venv/Scripts. Same steps.
-  ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-  VENV="$ROOT/.venv"
-  EXE=.exe
-  PY="$VENV/Scripts/python.exe"
-  if [ ! -x "$PY" ]; then
-    "${PYTHON:-python}" -m venv "$VENV"
-  fi
-  STAMP="$VENV/.zizq-installed"
-  if [ ! -f "$STAMP" ] || [ "$ROOT/pyproject.toml" -nt "$STAMP" ]; then
-    "$PY" -m pip install --quiet --upgrade pip
-    "$PY" -m pip install --quiet -e "${ROOT}[dev]"
-    touch "$STAMP"
-  fi
-else
-  # shellcheck source=scripts/_bootstrap.sh
-  source "$(dirname "${BASH_SOURCE[0]}")/_bootstrap.sh"
-  EXE=
-  PY="$VENV/bin/python"
-fi
+# shellcheck source=scripts/_bootstrap.sh
+source "$(dirname "${BASH_SOURCE[0]}")/_bootstrap.sh"
+if [ "$ZIZQ_OS" = windows ]; then EXE=.exe; else EXE=; fi
 export ZIZQ_OS ZIZQ_ARCH
