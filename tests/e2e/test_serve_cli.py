@@ -81,7 +81,7 @@ def test_no_admin(start_server):
 
 
 @pytest.mark.parametrize("http2", [False, True], ids=["h1", "h2c"])
-def test_admin_listener_serves_health_and_version_only(server, http2):
+def test_admin_and_primary_apis_are_apart(server, http2):
     with Api(server.admin_url, fmt="msgpack", http2=http2) as admin:
         assert admin.get("/health")[:2] == (200, {"status": "ok"})
         status, body, _ = admin.get("/version")
@@ -90,6 +90,11 @@ def test_admin_listener_serves_health_and_version_only(server, http2):
         assert status == 404 and body == {"error": "not found"}, (status, body)
         assert admin.get("/jobs/take")[0] == 404
         assert admin.get("/jobs/03fr1jkpcsipbsckqj0y6pgr7")[0] == 404
+    # ...and the primary listener serves none of the admin API.
+    with Api(server.url, fmt="msgpack", http2=http2) as primary:
+        for path in ("/backup", "/compact"):
+            status, body, _ = primary.post(path)
+            assert status == 404 and body == {"error": "not found"}, (path, status, body)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
