@@ -135,3 +135,21 @@ def test_admin_app_has_no_job_routes(run, store):
 
     health, jobs = run(go())
     assert health.json() == {"status": "ok"} and jobs.status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/crons"),
+        ("DELETE", "/crons"),
+        ("GET", "/crons/nightly"),
+        ("PUT", "/crons/nightly"),
+        ("PATCH", "/crons/nightly"),
+        ("POST", "/crons/nightly/entries"),
+        ("GET", "/crons/nightly/entries/report"),
+        ("DELETE", "/crons/nightly/entries/report"),
+    ],
+)
+def test_cron_endpoints_need_a_license(call, method, path):
+    resp = call(method, path)
+    assert resp.status_code == 403 and "pro license" in resp.json()["error"]

@@ -9,6 +9,7 @@ import falcon.asgi
 from zizq.api import errors
 from zizq.api.acks import BulkSuccess, Failure, Success
 from zizq.api.admin import Backup, Compact
+from zizq.api.crons import CronsNeedLicense
 from zizq.api.health import Health, Version
 from zizq.api.jobs import BulkJobs, JobCollection, JobItem
 from zizq.api.query import JobCount, JobError, JobErrors, Queues, Reset
@@ -52,6 +53,14 @@ def create_primary_app(engine: Engine, version: str) -> ASGIApp:
     app.add_route("/jobs/{job_id}/errors/{attempt}", JobError(engine))
     app.add_route("/queues", Queues(engine))
     app.add_route("/reset", Reset(engine))
+    crons = CronsNeedLicense()
+    for path in (
+        "/crons",
+        "/crons/{group}",
+        "/crons/{group}/entries",
+        "/crons/{group}/entries/{entry}",
+    ):
+        app.add_route(path, crons)
     return _expose_receive(app)
 
 
