@@ -4,7 +4,10 @@ Rules that keep it correct:
 - A change becomes visible in the in-memory indexes only after its write
   batch is committed, so nothing is dispatched that a crash could lose, and a
   write waiting for an fsync is never overtaken by a later write to the same job.
-- Every API call is one write batch.
+- Every API call is one write batch (enqueue, bulk enqueue, ack, bulk ack,
+  failure, single patch or delete). Bulk patch and delete by filter commit
+  one batch per slice, so each job changes atomically and other requests run
+  between slices.
 - The indexes are caches of the store: stale entries are detected against the
   stored record, never trusted blindly.
 """
