@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from rawhttp import Connection, post_json, request_bytes
+from rawhttp import Connection, post_json, request_bytes, timed_on_connections
 from server import BenchServer, zizq_command
 
 JOB = {"queue": "bench", "type": "bench", "payload": {"n": 1}}
@@ -70,13 +70,7 @@ async def load(host: str, port: int, total: int, per_request: int = 1000, conns:
             if status != 201:
                 raise RuntimeError(f"bulk enqueue answered {status}: {body[:200]!r}")
 
-    connections = [await Connection.open(host, port) for _ in range(conns)]
-    started = time.perf_counter()
-    await asyncio.gather(*(loop(c) for c in connections))
-    elapsed = time.perf_counter() - started
-    for conn in connections:
-        conn.close()
-    return elapsed
+    return await timed_on_connections(host, port, conns, loop)
 
 
 async def probe_until(host: str, port: int, done: asyncio.Event, every_s: float) -> list[float]:

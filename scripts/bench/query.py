@@ -34,7 +34,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from rawhttp import Connection, request_bytes  # noqa: E402
+from rawhttp import Connection, request_bytes, timed_on_connections  # noqa: E402
 from server import BenchServer  # noqa: E402
 
 QUEUES = 10
@@ -77,12 +77,7 @@ async def load(host: str, port: int, total: int, connections: int) -> tuple[floa
             if index % 100 == 0 and sys.stdout.isatty():
                 print(f"  loaded {index * PER_REQUEST:,} jobs", end="\r", flush=True)
 
-    conns = [await Connection.open(host, port) for _ in range(connections)]
-    started = time.perf_counter()
-    await asyncio.gather(*(worker(c) for c in conns))
-    elapsed = time.perf_counter() - started
-    for conn in conns:
-        conn.close()
+    elapsed = await timed_on_connections(host, port, connections, worker)
     if sys.stdout.isatty():
         print(" " * 40, end="\r")
     return elapsed, middle_id[0]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from collections import deque
 from collections.abc import Callable
 
@@ -164,6 +165,19 @@ class Connection(asyncio.Protocol):
         waiter = self._waiters.popleft()
         if not waiter.done():
             waiter.set_result((status, body))
+
+
+async def timed_on_connections(host: str, port: int, count: int, work) -> float:
+    """Open `count` keep-alive connections, run `work(conn)` on each at once, close them;
+    returns the seconds the work took (connection set-up not included)."""
+    conns = [await Connection.open(host, port) for _ in range(count)]
+    try:
+        started = time.perf_counter()
+        await asyncio.gather(*(work(conn) for conn in conns))
+        return time.perf_counter() - started
+    finally:
+        for conn in conns:
+            conn.close()
 
 
 class LineSplitter:

@@ -32,7 +32,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
-from rawhttp import Connection, LineSplitter, job_id_of, post_json, request_bytes
+from rawhttp import (
+    Connection,
+    LineSplitter,
+    job_id_of,
+    post_json,
+    request_bytes,
+    timed_on_connections,
+)
 from server import BenchServer, CpuMeter, zizq_command
 
 HERE = Path(__file__).resolve().parent
@@ -133,13 +140,8 @@ async def raw_single(host: str, port: int, connections: int, seconds: float) -> 
                 raise RuntimeError(f"enqueue answered {status}: {body[:200]!r}")
             done += 1
 
-    conns = [await Connection.open(host, port) for _ in range(connections)]
-    started = time.perf_counter()
-    await asyncio.gather(*(loop(c) for c in conns))
-    elapsed = time.perf_counter() - started
-    for conn in conns:
-        conn.close()
-    return done / elapsed
+    elapsed = await timed_on_connections(host, port, connections, loop)
+    return done / elapsed  # read `done` only after the work has run
 
 
 def single_enqueue(args, key: str, flags: list[str], target: float, label: str) -> Result:
@@ -213,13 +215,7 @@ async def bulk_enqueue(
             if status != 201:
                 raise RuntimeError(f"bulk enqueue answered {status}: {body[:200]!r}")
 
-    conns = [await Connection.open(host, port) for _ in range(connections)]
-    started = time.perf_counter()
-    await asyncio.gather(*(loop(c) for c in conns))
-    elapsed = time.perf_counter() - started
-    for conn in conns:
-        conn.close()
-    return requests * per_request / elapsed
+    return requests * per_request / await timed_on_connections(host, port, connections, loop)
 
 
 def bench_b(args) -> Result:

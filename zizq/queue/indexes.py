@@ -50,11 +50,6 @@ class ReadyIndex:
             del self._heaps[best_queue]
         return best_queue, priority, job_id
 
-    def has_any(self, queues: frozenset[str] | None) -> bool:
-        if queues is None:
-            return bool(self._heaps)
-        return any(name in self._heaps for name in queues)
-
     def __len__(self) -> int:
         return sum(len(heap) for heap in self._heaps.values())
 

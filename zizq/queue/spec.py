@@ -92,15 +92,6 @@ def _reserved_in(name: str) -> str:
     return " ".join(sorted(RESERVED_NAME_CHARS.intersection(name)))
 
 
-def _object(obj: dict, field: str, where: str) -> dict | None:
-    value = obj.get(field)
-    if value is None:
-        return None
-    if not isinstance(value, dict):
-        raise InvalidInput(f"{where}{field}: must be an object")
-    return value
-
-
 def _unknown_fields(obj: dict, allowed: frozenset, where: str) -> None:
     for key in obj:
         if key not in allowed:

@@ -203,10 +203,6 @@ class Store:
         raw = self.jobs.get(layout.job_key(job_id))
         return None if raw is None else msgpack.unpackb(raw)
 
-    def get_jobs(self, job_ids: list[str]) -> list[dict | None]:
-        raws = self.jobs.get([layout.job_key(i) for i in job_ids])
-        return [None if raw is None else msgpack.unpackb(raw) for raw in raws]
-
     def get_payload(self, job_id: str) -> bytes | None:
         return self.payloads.get(layout.job_key(job_id))
 
