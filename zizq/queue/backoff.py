@@ -1,5 +1,6 @@
 """Retry delays after a failure."""
 
+import math
 import random
 
 from zizq.config import BackoffPolicy
@@ -10,10 +11,16 @@ def retry_delay_ms(policy: BackoffPolicy, attempts: int, rng: random.Random = ra
     """Delay before the next attempt, `attempts` counting the failure just recorded.
 
     base + attempts^exponent seconds + a jitter that grows with the attempts,
-    so that failures clustered in time spread out on retry.
+    so that failures clustered in time spread out on retry. The delay
+    saturates at the largest storable time instead of overflowing, whatever
+    the attempts and exponent.
     """
     jitter = rng.uniform(0, policy.jitter_ms) if policy.jitter_ms > 0 else 0.0
-    delay = policy.base_ms + (attempts**policy.exponent) * 1000 + jitter * attempts
+    try:
+        growth = float(attempts) ** policy.exponent * 1000
+    except OverflowError:  # e.g. 10**400: far beyond any storable time, so "never"
+        growth = math.inf
+    delay = policy.base_ms + growth + jitter * attempts
     return int(min(delay, MAX_TIME_MS))
 
 

@@ -70,5 +70,9 @@ class Reaper:
                 ):
                     batch.delete_job(job_id, index_key_of(record))
                     removed += 1
-            self._store.write(batch)
+            try:
+                self._store.write(batch)
+            except Exception:
+                self.due.load(due)  # still expired (and invisible): reaped on a later pass
+                raise
             await let_requests_in()

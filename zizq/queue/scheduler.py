@@ -7,6 +7,7 @@ appears: no polling, and a due job is promoted within about a millisecond.
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from zizq.queue.dispatch import Dispatcher
 from zizq.queue.indexes import ReadyIndex, TimerHeap
@@ -15,6 +16,9 @@ from zizq.queue.records import READY, SCHEDULED, now_ms
 from zizq.store import Store, index_key_of
 
 PROMOTE_SLICE = 2000  # scheduled jobs promoted per loop iteration
+RETRY_S = 1.0  # after the store refused a promotion
+
+logger = logging.getLogger("zizq.scheduler")
 
 
 class Scheduler:
@@ -73,7 +77,14 @@ class Scheduler:
             batch.put_job(job_id, record, previous)
             promoted.append((job_id, record))
         if promoted:
-            self._store.write(batch)
+            try:
+                self._store.write(batch)
+            except Exception as exc:  # the store refused (disk full): keep them, retry soon
+                logger.error("cannot promote %d scheduled jobs (retrying): %s", len(promoted), exc)
+                self.due.load(due)
+                self._timer = self._loop.call_later(RETRY_S, self._promote_due)
+                self._timer_due = now_ms() + int(RETRY_S * 1000)
+                return
             for job_id, record in promoted:
                 self._ready.push(record["queue"], record["priority"], job_id)
             self._dispatcher.request_pump()

@@ -6,6 +6,11 @@ next request while the previous one lands in the memtable. Small batches are
 written inline, where a thread hand-off would cost more than the write.
 
 
+Counters follow the store in commit order: a batch's counter deltas are
+applied on the loop thread at the moment its write is reported done (or at
+once for an inline write), before any waiting request resumes, so that after
+`drain()` the counters include every write that has landed.
+
 `buffered` hands the batch to RocksDB's WAL without syncing: it survives a
 crash of our process (the OS holds the data) but not a power cut. `fsync`
 syncs the WAL before acknowledging. Syncs are slow (milliseconds), so every
@@ -17,10 +22,24 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import logging
 import queue
 import threading
+from collections.abc import Callable
 
 from zizq.store.db import Store, WriteBatch
+
+logger = logging.getLogger("zizq.store")
+
+
+def _run(callback: Callable[[], None] | None) -> None:
+    """Run an in-memory follow-up of a write; a bug in one must not stop the others."""
+    if callback is None:
+        return
+    try:
+        callback()
+    except Exception:
+        logger.exception("in-memory update after a write failed")
 
 
 class CommitMode(enum.StrEnum):
@@ -30,7 +49,14 @@ class CommitMode(enum.StrEnum):
 
 OFFLOAD_MIN_WRITES = 256  # batches with at least this many writes go to the helper thread
 
-_Pending = tuple[WriteBatch, bool, asyncio.Future, asyncio.AbstractEventLoop]
+_Pending = tuple[
+    WriteBatch,
+    bool,
+    asyncio.Future,
+    asyncio.AbstractEventLoop,
+    Callable[[], None] | None,
+    Callable[[], None] | None,
+]
 
 
 class Committer:
@@ -39,18 +65,53 @@ class Committer:
         self._pending: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self.syncs = 0  # number of WAL syncs performed, for tests and metrics
+        self._outstanding = 0  # batches handed to the thread and not yet settled
+        self._idle: asyncio.Event | None = None
 
-    async def commit(self, batch: WriteBatch, mode: CommitMode) -> None:
+    async def commit(
+        self,
+        batch: WriteBatch,
+        mode: CommitMode,
+        landed: Callable[[], None] | None = None,
+        failed: Callable[[], None] | None = None,
+    ) -> None:
+        """Write a batch durably enough for `mode`; raises what the store raised.
+
+        `landed` runs on the loop thread as soon as the batch is in the store
+        (in write order, right after its counters), `failed` instead when it is
+        not. They run even if the awaiting request was cancelled meanwhile, so
+        the in-memory state can never miss a write that happened or keep a
+        change that did not. A batch can land and still raise, when a later
+        WAL sync fails: then `landed` runs and the caller gets the error.
+        """
         sync = mode is CommitMode.FSYNC
         if not sync and batch.count < OFFLOAD_MIN_WRITES:
-            self._store.write(batch)
+            try:
+                self._store.write(batch)
+            except BaseException:
+                _run(failed)
+                raise
+            _run(landed)
             return
         self._ensure_thread()
         loop = asyncio.get_running_loop()
         done = loop.create_future()
-        self._pending.put((batch, sync, done, loop))
+        self._outstanding += 1
+        if self._idle is not None:
+            self._idle.clear()
+        self._pending.put((batch, sync, done, loop, landed, failed))
         await done
-        self._store.applied(batch)  # counters belong to the loop thread
+
+    @property
+    def outstanding(self) -> int:
+        return self._outstanding
+
+    async def drain(self) -> None:
+        """Wait until every batch handed to the thread so far has landed (or failed)."""
+        while self._outstanding:
+            if self._idle is None:
+                self._idle = asyncio.Event()
+            await self._idle.wait()
 
     def _ensure_thread(self) -> None:
         if self._thread is None:
@@ -78,31 +139,59 @@ class Committer:
                 return
 
     def _write_group(self, group: list[_Pending]) -> None:
-        try:
-            # The WAL is sequential: syncing with the last batch makes every
-            # earlier batch of the group durable too.
-            sync = any(wants_sync for _, wants_sync, _, _ in group)
-            for batch, _, _, _ in group[:-1]:
-                self._store.write_raw(batch, sync=False)
-            self._store.write_raw(group[-1][0], sync=sync)
-            self.syncs += sync
-            error = None
-        except Exception as exc:  # surface storage errors to every waiting request
-            error = exc
-        for _, _, done, loop in group:
-            loop.call_soon_threadsafe(_settle, done, error)
+        # The WAL is sequential: syncing with the last batch makes every
+        # earlier batch of the group durable too. Each batch lands or fails on
+        # its own, so one failure never misreports the others.
+        sync = any(item[1] for item in group)
+        outcomes: list[tuple[bool, BaseException | None]] = []
+        for position, item in enumerate(group):
+            last = position == len(group) - 1
+            try:
+                self._store.write_raw(item[0], sync=sync and last)
+                outcomes.append((True, None))
+            except Exception as exc:  # surfaced to the waiting request
+                outcomes.append((False, exc))
+        if sync and not outcomes[-1][0] and any(ok for ok, _ in outcomes):
+            # The syncing write failed: the earlier batches are in the store
+            # but not yet durable. Sync them on their own; if that fails too,
+            # they stay applied and their requests get the error.
+            try:
+                self._store.db.flush_wal(True)
+            except Exception as exc:
+                outcomes = [(ok, exc if ok else error) for ok, error in outcomes]
+        self.syncs += sync
+        for (batch, _, done, loop, landed, failed), (ok, error) in zip(
+            group, outcomes, strict=True
+        ):
+            loop.call_soon_threadsafe(self._settle, batch, done, ok, error, landed, failed)
+
+    def _settle(
+        self,
+        batch: WriteBatch,
+        done: asyncio.Future,
+        applied: bool,
+        error: BaseException | None,
+        landed: Callable[[], None] | None,
+        failed: Callable[[], None] | None,
+    ) -> None:
+        """On the loop thread, in write order: count the batch, update memory, wake the request."""
+        self._outstanding -= 1
+        if applied:
+            self._store.applied(batch)
+            _run(landed)
+        else:
+            _run(failed)
+        if not self._outstanding and self._idle is not None:
+            self._idle.set()
+        if done.done():
+            return
+        if error is None:
+            done.set_result(None)
+        else:
+            done.set_exception(error)
 
     def close(self) -> None:
         if self._thread is not None:
             self._pending.put(None)
             self._thread.join(timeout=10)
             self._thread = None
-
-
-def _settle(done: asyncio.Future, error: Exception | None) -> None:
-    if done.done():
-        return
-    if error is None:
-        done.set_result(None)
-    else:
-        done.set_exception(error)
