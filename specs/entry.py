@@ -1,12 +1,18 @@
 """Entry script of the frozen `zizq` executable (PyInstaller runs it as `__main__`).
 
-It behaves like `python -m zizq`, plus two things only a one-file executable needs:
+It behaves like `python -m zizq`, plus three things only a one-file executable needs:
 
 * Tie the server to the bootloader. A one-file executable is two processes: the bootloader
   unpacks the bundle to a temporary directory and runs the real program as its child. It
   forwards SIGTERM/SIGINT, but `kill -9` (or TerminateProcess on Windows) of the bootloader
   would leave the server running as an orphan, still holding the port and the store lock.
   So the child dies with its parent, as abruptly as the parent did.
+* `zizq --zizq-jq-worker <memory limit>` (hidden; zizq.queue.jq_sandbox.WORKER_FLAG) runs a
+  jq worker process: the server starts its jq sandbox's workers by running its own
+  executable this way. It is dispatched before anything else is imported, and runs the
+  worker module bundled as the top-level `zizq_jq_worker` (a copy of
+  zizq/queue/jq_worker.py, see specs/zizq.spec), so a worker loads neither the server
+  nor the `zizq` package: only jq and msgpack.
 * `ZIZQ_BUNDLE_CHECK=1 zizq` imports every module the spec bundled on purpose (the manifest
   written by specs/zizq.spec) and exercises the native ones, then exits: scripts/test-binary
   uses it to prove the bundle is complete for features the e2e suite does not reach yet.
@@ -96,6 +102,7 @@ def _bundle_check() -> int:
             __import__("msgpack").Packer.__module__ == "msgpack._cmsgpack"
         ),
         "orjson": lambda: __import__("orjson").dumps({"a": 1}) == b'{"a":1}',
+        "jq worker process (empty $ENV)": _check_jq_worker,
         "nacl ed25519 sign/verify": _check_nacl,
         "package metadata": lambda: bool(__import__("importlib.metadata").metadata.version("zizq")),
     }
@@ -108,6 +115,16 @@ def _bundle_check() -> int:
         print(f"{'ok  ' if ok else 'FAIL'} {label}")
     print(f"bundle check: {len(names)} modules, {'ok' if not failed else f'{failed} failed'}")
     return 1 if failed else 0
+
+
+def _check_jq_worker() -> bool:
+    from zizq.queue.jq_sandbox import JqSandbox
+
+    sandbox = JqSandbox(workers=1)
+    try:
+        return sandbox.evaluate(".a + 1, $ENV", {"a": 1}) == [2, {}]
+    finally:
+        sandbox.close()
 
 
 def _check_zoneinfo() -> bool:
@@ -158,6 +175,10 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["--zizq-jq-worker"]:
+        import zizq_jq_worker
+
+        sys.exit(zizq_jq_worker.main(sys.argv[2:]))
     import multiprocessing
 
     multiprocessing.freeze_support()

@@ -165,6 +165,7 @@ class ServeConfig:
     log_max_size: int = 100_000_000
     log_max_files: int = 10
     heartbeat_interval_ms: int = 3000
+    idle_timeout_ms: int = 75_000  # close client connections idle this long
     global_in_flight_limit: int = 1024  # 0 = no limit
     default_retry_limit: int = 25
     default_backoff: BackoffPolicy = DEFAULT_BACKOFF  # frozen, so sharing it is safe
@@ -174,4 +175,6 @@ class ServeConfig:
     default_commit_mode: str = "buffered"  # "buffered" | "fsync"
     enqueue_commit_mode: str = "buffered"
     cache_size: int = 256 * 1024 * 1024
+    jq_time_limit_ms: int = 5_000  # each call to a jq worker process (filters)
+    jq_memory_limit: int = 512 * 1024 * 1024  # address space of each jq worker (not on Windows)
     license_key: str | None = None  # a token, or "@path" to a file re-read for rotation

@@ -1,55 +1,195 @@
 """One HTTP listener: Granian's embedded server running inside our event loop.
 
 Granian speaks HTTP/1.1 and HTTP/2 with prior knowledge (h2c) on one port.
-We bind the socket once ourselves (Granian re-binds per worker on Linux,
-which would give a different port each time for --port 0), so we learn the
-real port before announcing it.
+We bind the socket ourselves, before Granian starts, for three reasons: a host name
+(`localhost`) must work, and Granian only takes IP literals; Granian sets SO_REUSEPORT,
+which lets a second server bind the same port and silently split the traffic between two
+databases; and a bind error must be one clear line, not a traceback from a worker task.
+Binding first also tells us the real port behind `--port 0` before we announce it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
+import sys
 from collections.abc import Callable
 
 from granian.constants import HTTPModes, Interfaces
 from granian.http import HTTP1Settings, HTTP2Settings
-from granian.net import SocketSpec
+from granian.net import SocketHolder
 from granian.server.embed import Server
+
+from zizq.connections import ConnectionTracker, IdleReaper
+
+BACKLOG = 1024
+# Descriptors kept free for everything that is not a client connection: RocksDB's files,
+# log files, the jq worker pipes, backups (a quarter of the limit when that is smaller).
+FD_RESERVE = 1024
+ADMIN_MAX_CONNECTIONS = 256
+# Streams one HTTP/2 connection may have open at once (RFC 9113 asks for at least 100).
+# With `GET_SLOTS_PER_CONNECTION` this bounds what one connection can make us buffer.
+H2_MAX_STREAMS = 100
+# What hyper buffers per HTTP/2 stream beyond what the peer's window lets it send.
+H2_MAX_SEND_BUFFER = 64 * 1024
+
+
+class ListenError(Exception):
+    """A listener could not be set up; the message is one line for the user."""
+
+
+def raise_open_file_limit() -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard limit where allowed; returns the soft limit.
+
+    Every client connection is a descriptor; the common soft default (1,024) would cap
+    the server far below what the machine allows.
+    """
+    try:
+        import resource
+    except ImportError:  # Windows: no descriptor limit of this kind
+        return 1 << 16
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    unlimited = resource.RLIM_INFINITY
+    wanted = 1 << 20 if hard == unlimited else hard
+    if soft != unlimited and soft < wanted:
+        # macOS reports an unlimited hard limit but refuses more than OPEN_MAX (10,240).
+        for value in (wanted, 10240):
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (value, hard))
+            except (ValueError, OSError):
+                continue
+            soft = value
+            break
+    return wanted if soft == unlimited else soft
+
+
+def connection_limits(fd_limit: int) -> tuple[int, int]:
+    """How many connections the (primary, admin) listeners hold at once.
+
+    Past this, new connections wait in the kernel's accept queue instead of failing
+    accept() with EMFILE (which would spin Granian's accept loop).
+    """
+    spare = fd_limit - min(FD_RESERVE, fd_limit // 4)
+    admin = min(ADMIN_MAX_CONNECTIONS, max(16, spare // 16))
+    return max(64, spare - admin), admin
+
+
+def _format(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def bind_socket(host: str, port: int, api: str = "primary") -> socket.socket:
+    """A listening TCP socket on host:port (a name or an IP), without SO_REUSEPORT.
+
+    Raises `ListenError` naming the flags of `api` ("primary" or "admin").
+    """
+    flags = "--admin-host/--admin-port" if api == "admin" else "--host/--port"
+    try:
+        infos = socket.getaddrinfo(
+            host, port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0, socket.AI_PASSIVE
+        )
+    except (socket.gaierror, UnicodeError) as exc:
+        reason = exc.strerror if isinstance(exc, socket.gaierror) else str(exc)
+        flag = flags.split("/")[0]
+        raise ListenError(f"cannot resolve {flag} {host!r} ({api} API): {reason}") from None
+    # A name may resolve to both families (localhost: 127.0.0.1 and ::1); take IPv4
+    # first, as most clients try it first, and fall back to the next address.
+    infos.sort(key=lambda info: info[0] != socket.AF_INET)
+    errors: list[str] = []
+    for family, kind, proto, _name, address in infos:
+        sock = socket.socket(family, kind, proto)
+        try:
+            if sys.platform == "win32":
+                # Windows' SO_REUSEADDR lets another socket steal the port; this refuses.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_EXCLUSIVEADDRUSE, 1)
+            else:
+                # Reuse a port whose old connections linger in TIME_WAIT after a restart;
+                # unlike SO_REUSEPORT this never lets two live listeners share it.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.bind(address)
+            sock.listen(BACKLOG)
+            return sock
+        except OSError as exc:
+            sock.close()
+            errors.append(f"{_format(address[0], address[1])}: {exc.strerror or exc}")
+    raise ListenError(
+        f"cannot listen on {_format(host, port)} ({api} API, {flags}): {'; '.join(errors)}"
+    )
+
+
+def _socket_holder(sock: socket.socket) -> SocketHolder:
+    """Hand Granian a duplicate of our socket: its listener closes the one it is given."""
+    if sys.platform == "win32":
+        # Socket handles are not C runtime descriptors there: duplicate the Windows way.
+        copy = socket.fromshare(sock.share(os.getpid()))
+        return SocketHolder(copy.detach())
+    fd = os.dup(sock.fileno())
+    if sys.platform.startswith(("linux", "freebsd")):
+        return SocketHolder(fd, False, BACKLOG)
+    return SocketHolder(fd, False)
 
 
 class _BoundServer(Server):
-    def __init__(self, *args, on_bound: Callable[[tuple[str, int]], None], **kwargs) -> None:
+    def __init__(
+        self, *args, sock: socket.socket, on_bound: Callable[[tuple[str, int]], None], **kwargs
+    ) -> None:
         super().__init__(*args, **kwargs)
+        self._sock = sock
         self._on_bound = on_bound
 
     def _init_shared_socket(self) -> None:
         self._ssp = None
-        self._shd = SocketSpec(self.bind_addr, self.bind_port, self.backlog).build()
+        self._shd = _socket_holder(self._sock)
         self._sfd = self._shd.get_fd()
-        probe = socket.socket(fileno=os.dup(self._sfd))
-        try:
-            address = probe.getsockname()
-        finally:
-            probe.close()
+        address = self._sock.getsockname()
         self._on_bound((address[0], address[1]))
 
 
 class Listener:
-    def __init__(self, app, host: str, port: int) -> None:
+    def __init__(
+        self,
+        app,
+        host: str,
+        port: int,
+        *,
+        api: str = "primary",
+        idle_timeout_s: float = 75.0,
+        max_connections: int = 1024,
+        tracker: ConnectionTracker | None = None,
+    ) -> None:
+        """Bind now (raises `ListenError`); `start` serves. `api` names the listener in errors."""
+        self._sock = bind_socket(host, port, api)
+        address = self._sock.getsockname()
         self.bound: asyncio.Future[tuple[str, int]] = asyncio.get_running_loop().create_future()
+        self._reaper = IdleReaper(address[1], idle_timeout_s, tracker or ConnectionTracker())
         self._server = _BoundServer(
             app,
-            address=host,
-            port=port,
+            address=address[0],
+            port=address[1],
             interface=Interfaces.ASGINL,
             http=HTTPModes.auto,
             websockets=False,
-            backlog=1024,
-            http1_settings=HTTP1Settings(keep_alive=True),
-            http2_settings=HTTP2Settings(max_concurrent_streams=1000),
+            backlog=BACKLOG,
+            # Connections served at once; the rest wait in the accept queue.
+            backpressure=max_connections,
+            http1_settings=HTTP1Settings(
+                # hyper applies this both to reading a request head (slowloris) and to
+                # an idle keep-alive connection waiting for its next request.
+                header_read_timeout=max(1, int(idle_timeout_s * 1000)),
+                keep_alive=True,
+            ),
+            http2_settings=HTTP2Settings(
+                max_concurrent_streams=H2_MAX_STREAMS,
+                max_send_buffer_size=H2_MAX_SEND_BUFFER,
+                # No keep-alive pings: a ping and its answer would make an idle connection
+                # look busy to the reaper, which also closes connections to vanished peers.
+                keep_alive_interval=None,
+            ),
             log_enabled=False,
+            sock=self._sock,
             on_bound=self._bound,
         )
         self._task: asyncio.Task | None = None
@@ -65,19 +205,28 @@ class Listener:
         done, _ = await asyncio.wait({bound_wait, self._task}, return_when=asyncio.FIRST_COMPLETED)
         if self._task in done and not bound_wait.done():
             bound_wait.cancel()
-            self._task.result()  # raises the bind error
-            raise OSError("listener stopped before binding")
+            self._task.result()  # raises what stopped Granian
+            raise ListenError("listener stopped before serving")
+        self._reaper.start()
         return self.bound.result()
 
+    def close_socket(self) -> None:
+        """Close the listening socket of a listener that was bound but never started."""
+        with contextlib.suppress(OSError):
+            self._sock.close()
+
     async def stop(self, timeout: float = 3.0) -> None:
-        if self._task is None:
-            return
-        self._server.workers_kill_timeout = timeout
-        self._server.signal_handler_interrupt()
-        try:
-            await asyncio.wait_for(self._task, timeout + 1)
-        except (TimeoutError, asyncio.CancelledError):
-            self._task.cancel()
-        except Exception:
-            pass
-        self._task = None
+        self._reaper.stop()
+        if self._task is not None:
+            self._server.workers_kill_timeout = timeout
+            self._server.signal_handler_interrupt()
+            try:
+                await asyncio.wait_for(self._task, timeout + 1)
+            except (TimeoutError, asyncio.CancelledError):
+                self._task.cancel()
+            except Exception:
+                pass
+            self._task = None
+        # Granian has closed its duplicate; closing ours stops the kernel from queueing
+        # connections that nobody will accept.
+        self.close_socket()

@@ -8,17 +8,21 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import signal
 import sys
+import tempfile
+from pathlib import Path
 
 from zizq import __version__
 from zizq.api.app import create_admin_app, create_primary_app
 from zizq.config import ServeConfig
-from zizq.listener import Listener
+from zizq.connections import ConnectionTracker
+from zizq.listener import Listener, ListenError, connection_limits, raise_open_file_limit
 from zizq.logs import configure_logging, log_event
 from zizq.queue import Engine, EngineSettings
 from zizq.queue.maintenance import Maintenance
-from zizq.store import SchemaVersionError, Store, StoreLockedError
+from zizq.store import Store
 
 logger = logging.getLogger("zizq.server")
 
@@ -32,17 +36,58 @@ def _announce(api: str, address: tuple[str, int]) -> None:
     print(f"Listening on http://{shown} ({api})", flush=True)
 
 
+class StartupError(Exception):
+    """A mistake in how the server was started; the message is one line for the user."""
+
+
+def _fail(message: str) -> int:
+    print(f"Error: {message}", file=sys.stderr, flush=True)
+    return 1
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def check_writable_dir(path: Path, flag: str) -> None:
+    """Create `path` if needed and prove we can write in it, or raise `StartupError`.
+
+    Tried with a real file, not os.access: root passes mode-bit checks, and a read-only
+    mount or a full disk shows only when writing.
+    """
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path, prefix=".zizq-write-test-"):
+            pass
+    except (OSError, ValueError) as exc:
+        raise StartupError(
+            f"{flag} {str(path)!r} is not a writable directory: {_reason(exc)}"
+        ) from None
+
+
+def _open_store(config: ServeConfig) -> Store:
+    check_writable_dir(config.root_dir, "--root-dir")
+    try:
+        return Store(config.root_dir, config.cache_size)
+    except Exception as exc:  # RocksDB reports its failures as a bare Exception
+        raise StartupError(
+            f"cannot open the store in {str(config.root_dir)!r}: {_reason(exc)}"
+        ) from None
+
+
 async def serve(config: ServeConfig) -> int:
     try:
-        store = Store(config.root_dir, config.cache_size)
-    except (StoreLockedError, SchemaVersionError) as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
-        return 1
+        store = _open_store(config)
+    except StartupError as exc:
+        return _fail(str(exc))
     log_event(logger, logging.INFO, "store opened", root_dir=str(config.root_dir))
     engine = Engine(store, EngineSettings.from_config(config))
     maintenance = Maintenance(store, __version__)
     maintenance.remove_stale_backups()  # left behind if a previous server died mid-backup
     engine.maintenance = maintenance
+    maintenance.watch_store()  # a failed write (disk full) is retried until writes land
     listeners: list[Listener] = []
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -50,37 +95,65 @@ async def serve(config: ServeConfig) -> int:
         # Windows has no add_signal_handler; KeyboardInterrupt still stops us there.
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(signum, stop.set)
+    primary_slots, admin_slots = connection_limits(raise_open_file_limit())
+    idle_timeout_s = config.idle_timeout_ms / 1000
+    engine_started = False
     try:
+        # Bind both sockets before anything else, so that a busy port or a bad address
+        # stops us before the indexes are rebuilt or a single request is served.
+        admin: Listener | None = None
+        if config.admin_enabled:
+            admin_tracker = ConnectionTracker()
+            admin = Listener(
+                create_admin_app(maintenance, __version__, admin_tracker),
+                config.admin_host,
+                config.admin_port,
+                api="admin",
+                idle_timeout_s=idle_timeout_s,
+                max_connections=admin_slots,
+                tracker=admin_tracker,
+            )
+            listeners.append(admin)
+        tracker = ConnectionTracker()
+        primary = Listener(
+            create_primary_app(engine, __version__, tracker),
+            config.host,
+            config.port,
+            api="primary",
+            idle_timeout_s=idle_timeout_s,
+            max_connections=primary_slots,
+            tracker=tracker,
+        )
+        listeners.append(primary)
+        engine_started = True
         await engine.start()
         # The rebuilt indexes are long-lived: keep the cyclic GC from re-scanning
         # them, and let it run less often (requests allocate many short-lived dicts).
         gc.freeze()
         gc.set_threshold(50_000, 20, 20)
-        if config.admin_enabled:
-            admin = Listener(
-                create_admin_app(maintenance, __version__), config.admin_host, config.admin_port
-            )
-            listeners.append(admin)
+        if admin is not None:
             _announce("admin", await admin.start())
-        primary = Listener(create_primary_app(engine, __version__), config.host, config.port)
-        listeners.append(primary)
         _announce("primary", await primary.start())
         await stop.wait()
         log_event(logger, logging.INFO, "shutting down")
-    except OSError as exc:
-        print(f"error: cannot listen: {exc}", file=sys.stderr, flush=True)
-        return 1
+    except ListenError as exc:
+        return _fail(str(exc))
     finally:
         # Streams end first (their jobs go back to ready), then the listeners, then the store.
-        await engine.stop()
+        if engine_started:
+            await engine.stop()
         await asyncio.gather(*(listener.stop(SHUTDOWN_GRACE_S) for listener in listeners))
+        maintenance.close()  # streaming backups end; their threads must not hold the exit
         store.close()
         log_event(logger, logging.INFO, "store closed")
     return 0
 
 
 def run(config: ServeConfig) -> int:
-    configure_logging(config)
+    try:
+        configure_logging(config)
+    except OSError as exc:
+        return _fail(f"--log-dir {str(config.log_dir)!r} is not writable: {_reason(exc)}")
     print(f"Zizq {__version__}", flush=True)
     try:
         import uvloop

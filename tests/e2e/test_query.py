@@ -238,9 +238,11 @@ def test_unknown_and_bad_params_400(json_api, path):
     status, body, _ = json_api.get(f"{path}?bogus=1")
     assert_error(status, body, 400, "bogus")
     for name in ("priority", "ready_at", "attempts"):
-        for bad in ("5..2", "abc", "1..x", ".."):
+        for bad in ("5..2", "abc", "1..x", "-5..10", "--5", "1_0", "9" * 5000):
             status, body, _ = json_api.get(f"{path}?{name}={q(bad)}")
             assert_error(status, body, 400, name)
+        status, body, _ = json_api.get(f"{path}?{name}=..")  # `..` is the full range
+        assert status == 200, body
     status, body, _ = json_api.get(f"{path}?status=ready,sleeping")
     assert_error(status, body, 400, "status", "sleeping")
     status, body, _ = json_api.get(f"{path}?filter={q('.greet | startswith(')}")
@@ -600,10 +602,10 @@ def test_job_errors_paginated(api, server):
     assert [e["attempt"] for e in errors] == [5, 4, 3, 2, 1]
     status, body, _ = api.get(f"/jobs/{job_id}/errors")
     assert len(body["errors"]) == 5  # default 50
-    for bad in ("0", "201", "x"):
+    for bad in ("0", "2001", "x", "9" * 5000):
         status, body, _ = api.get(f"/jobs/{job_id}/errors?limit={bad}")
         assert_error(status, body, 400, "limit")
-    status, body, _ = api.get(f"/jobs/{job_id}/errors?limit=200")
+    status, body, _ = api.get(f"/jobs/{job_id}/errors?limit=2000")  # as for job listings
     assert status == 200
     status, body, _ = api.get(f"/jobs/{job_id}/errors?bogus=1")
     assert_error(status, body, 400, "bogus")

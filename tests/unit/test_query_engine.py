@@ -345,12 +345,16 @@ def test_jq_filter_truthiness(fixed, run, expression, expected):
     check(fixed, run, expected, payload=expression)
 
 
-def test_jq_invalid_expression_names_error():
-    with pytest.raises(InvalidInput) as info:
-        PayloadFilter(".greet | startswith(")
-    assert "filter" in str(info.value)
-    with pytest.raises(InvalidInput):
-        PayloadFilter("}")
+def test_jq_invalid_expression_names_error(fixed, run):
+    # jq compiles in a worker process (zizq.queue.jq_sandbox), so an invalid program is
+    # reported by the engine call, before any scan, even when no job could be read.
+    for expression in (".greet | startswith(", "}"):
+        job_filter = jf(payload=expression)
+        with pytest.raises(InvalidInput) as info:
+            run(fixed.engine.count(job_filter))
+        assert str(info.value).startswith("filter: invalid jq expression"), info.value
+        with pytest.raises(InvalidInput):
+            list_page(fixed.engine, jf(payload=expression, ids=["0" * 25]), 10, False, None, None)
 
 
 @pytest.mark.parametrize(
@@ -392,16 +396,44 @@ def test_count_without_filters_uses_counters_and_matches_list(fixed, run):
 
 @pytest.mark.parametrize(
     ("text", "low", "high"),
-    [("5", 5, 5), ("2..5", 2, 5), ("..5", None, 5), ("2..", 2, None), ("3..3", 3, 3)],
+    [
+        ("5", 5, 5),
+        ("2..5", 2, 5),
+        ("..5", None, 5),
+        ("2..", 2, None),
+        ("3..3", 3, 3),
+        ("..", None, None),  # the full range, as the reference reads it
+        ("0..65535", 0, 65535),
+    ],
 )
 def test_parse_range_shapes(text, low, high):
-    assert parse_range("priority", text) == Range(low, high)
+    assert parse_range("priority", text, 65535) == Range(low, high)
 
 
-@pytest.mark.parametrize("text", ["5..2", "abc", "", "..", "1..2..3", "1.5", "a..b", "..x"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "5..2",
+        "abc",
+        "",
+        "1..2..3",
+        "1.5",
+        "a..b",
+        "..x",
+        "-5..10",  # bounds are unsigned
+        "--5",
+        "+5",
+        "1_000",
+        " 5",
+        "70000",  # past the field's range
+        "..65536",
+        "9" * 5000,  # longer than int() converts, still a 400
+        "\u0665",  # a non-ASCII digit
+    ],
+)
 def test_parse_range_rejects(text):
     with pytest.raises(InvalidInput) as info:
-        parse_range("priority", text)
+        parse_range("priority", text, 65535)
     assert "priority" in str(info.value)
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
+import falcon
 import falcon.asgi
+import orjson
 
 from zizq.api import errors
 from zizq.api.acks import BulkSuccess, Failure, Success
@@ -14,33 +16,160 @@ from zizq.api.health import Health, Version
 from zizq.api.jobs import BulkJobs, JobCollection, JobItem
 from zizq.api.query import JobCount, JobError, JobErrors, Queues, Reset
 from zizq.api.take import RECEIVE_KEY, Take
+from zizq.connections import ConnectionTracker
 from zizq.queue import Engine
 from zizq.queue.maintenance import Maintenance
+from zizq.store import Store
 
 ASGIApp = Callable[[dict, Callable, Callable], Awaitable[None]]
 
+TAKE_PATH = "/jobs/take"  # endless streams: not limited like other GETs
 
-def _base_app(version: str) -> falcon.asgi.App:
+
+def _base_app(version: str, store: Store) -> falcon.asgi.App:
     app = falcon.asgi.App(cors_enable=False)
     app.req_options.strip_url_path_trailing_slash = True
     errors.install(app)
-    app.add_route("/health", Health())
+    app.add_route("/health", Health(store))  # 503 while the store cannot write
     app.add_route("/version", Version(version))
     return app
 
 
-def _expose_receive(app: falcon.asgi.App) -> ASGIApp:
-    """Put the ASGI receive channel in the scope so a stream can watch for disconnects."""
+# Large response bodies go to Granian in pieces of this size. Each piece waits until
+# Granian's small per-response queue has room, i.e. until the client reads, so a client
+# that stops reading holds up its own response instead of making us buffer all of it.
+SEND_CHUNK = 32 * 1024
+
+_BAD_BODY_MESSAGE = "body: malformed or incomplete (bad chunked encoding, or the connection closed)"
+_BAD_BODY = orjson.dumps({"error": _BAD_BODY_MESSAGE})
+_BAD_BODY_HEADERS = [
+    (b"content-type", b"application/json"),
+    (b"content-length", str(len(_BAD_BODY)).encode()),
+]
+
+
+async def _reject_body(send: Callable) -> None:
+    await send({"type": "http.response.start", "status": 400, "headers": _BAD_BODY_HEADERS})
+    await send({"type": "http.response.body", "body": _BAD_BODY})
+
+
+def _wrap(app: falcon.asgi.App, tracker: ConnectionTracker) -> ASGIApp:
+    """The ASGI callable Granian calls: fixes what Granian hands Falcon, then runs it.
+
+    - Granian reports HTTP/1.0 as http_version "1", which Falcon rejects (every HTTP/1.0
+      request, e.g. a load balancer's health check, would get a 500).
+    - Granian turns a broken request body (a malformed chunk size) into http.disconnect.
+      Falcon would then answer nothing (Granian writes a 500) or, after the first chunk,
+      read the truncated body as if it were whole; both become a 400 here.
+    - It puts the receive channel in the scope so a stream can watch for disconnects,
+      and bounds what one connection can make us hold (see `ConnectionTracker`).
+    """
 
     async def asgi(scope: dict, receive: Callable, send: Callable) -> None:
-        scope[RECEIVE_KEY] = receive
-        await app(scope, receive, send)
+        if scope.get("type") != "http":
+            await app(scope, receive, send)
+            return
+        if scope.get("http_version") == "1":
+            scope["http_version"] = "1.0"
+        first = await receive()
+        if first.get("type") != "http.request":
+            await _reject_body(send)  # a no-op if the client is really gone
+            return
+        body_done = not first.get("more_body", False)
+        replayed = False
+
+        async def next_event() -> dict:
+            nonlocal body_done, replayed
+            if not replayed:
+                replayed = True
+                return first
+            event = await receive()
+            if event.get("type") == "http.request":
+                body_done = not event.get("more_body", False)
+            return event
+
+        async def checked_receive() -> dict:
+            """What Falcon reads the body with: a body cut short is an error, not an end."""
+            done_before = body_done
+            event = await next_event()
+            if not done_before and event.get("type") != "http.request":
+                raise falcon.HTTPBadRequest(description=_BAD_BODY_MESSAGE)
+            return event
+
+        # Streams watch this one for the disconnect; it must hand them every event as is.
+        scope[RECEIVE_KEY] = next_event
+        client = scope.get("client")
+        peer = _peer(client) if client else None
+        if peer is None:
+            await app(scope, checked_receive, _chunked(send))
+            return
+        conn = tracker.enter(peer)
+        gated = (
+            scope.get("method") in ("GET", "HEAD")
+            and scope.get("path", "").rstrip("/") != TAKE_PATH
+        )
+        started = False
+        try:
+            if gated:
+                await conn.gets.acquire()
+            conn.working += 1
+            chunked = _chunked(send)
+
+            async def tracked_send(message: dict) -> None:
+                nonlocal started
+                if not started and message.get("type") == "http.response.start":
+                    started = True
+                    conn.working -= 1
+                await chunked(message)
+
+            try:
+                await app(scope, checked_receive, tracked_send)
+            finally:
+                if not started:
+                    conn.working -= 1
+        finally:
+            if gated:
+                conn.gets.release()
+            tracker.leave(peer, conn)
 
     return asgi
 
 
-def create_primary_app(engine: Engine, version: str) -> ASGIApp:
-    app = _base_app(version)
+def _peer(client: object) -> tuple[str, int] | None:
+    try:
+        host, port = client[0], int(client[1])  # type: ignore[index]
+    except (TypeError, ValueError, IndexError):
+        return None
+    if host.startswith("::ffff:"):  # the reaper sees IPv4-mapped addresses this way
+        host = host[7:]
+    return host, port
+
+
+def _chunked(send: Callable) -> Callable[[dict], Awaitable[None]]:
+    async def chunked_send(message: dict) -> None:
+        body = message.get("body", b"")
+        if message.get("type") != "http.response.body" or len(body) <= SEND_CHUNK:
+            await send(message)
+            return
+        more = message.get("more_body", False)
+        last = len(body) - SEND_CHUNK
+        for offset in range(0, len(body), SEND_CHUNK):
+            await send(
+                {
+                    "type": "http.response.body",
+                    "body": bytes(body[offset : offset + SEND_CHUNK]),
+                    "more_body": more or offset < last,
+                }
+            )
+
+    return chunked_send
+
+
+def create_primary_app(
+    engine: Engine, version: str, tracker: ConnectionTracker | None = None
+) -> ASGIApp:
+    tracker = tracker or ConnectionTracker()
+    app = _base_app(version, engine.store)
     app.add_route("/jobs", JobCollection(engine))
     app.add_route("/jobs/bulk", BulkJobs(engine))
     app.add_route("/jobs/take", Take(engine))
@@ -61,11 +190,14 @@ def create_primary_app(engine: Engine, version: str) -> ASGIApp:
         "/crons/{group}/entries/{entry}",
     ):
         app.add_route(path, crons)
-    return _expose_receive(app)
+    return _wrap(app, tracker)
 
 
-def create_admin_app(maintenance: Maintenance, version: str) -> ASGIApp:
-    app = _base_app(version)
+def create_admin_app(
+    maintenance: Maintenance, version: str, tracker: ConnectionTracker | None = None
+) -> ASGIApp:
+    tracker = tracker or ConnectionTracker()
+    app = _base_app(version, maintenance.store)
     app.add_route("/backup", Backup(maintenance))
     app.add_route("/compact", Compact(maintenance))
-    return _expose_receive(app)
+    return _wrap(app, tracker)

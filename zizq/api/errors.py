@@ -8,6 +8,8 @@ import falcon
 
 from zizq.api import codec
 from zizq.queue.errors import Conflict, EngineError, InvalidInput, NotFound, ProFeatureRequired
+from zizq.queue.pools import PoolBusy
+from zizq.store import StoreUnavailable
 
 logger = logging.getLogger("zizq.api")
 
@@ -37,6 +39,17 @@ async def engine_error(req, resp, error: EngineError, params) -> None:
     _write_error(req, resp, _STATUS.get(type(error), 400), str(error))
 
 
+async def store_unavailable(req, resp, error: StoreUnavailable, params) -> None:
+    """Nothing of the request was stored; retrying later is safe (GET /health says when)."""
+    resp.set_header("Retry-After", "1")
+    _write_error(req, resp, 503, str(error))
+
+
+async def pool_busy(req, resp, error: PoolBusy, params) -> None:
+    resp.set_header("Retry-After", str(error.retry_after))
+    _write_error(req, resp, 503, str(error))
+
+
 async def unexpected_error(req, resp, error: Exception, params) -> None:
     if isinstance(error, falcon.HTTPError):
         http_error(req, resp, error)
@@ -58,4 +71,6 @@ def http_error(req, resp, error: falcon.HTTPError) -> None:
 def install(app: falcon.asgi.App) -> None:
     app.add_error_handler(Exception, unexpected_error)
     app.add_error_handler(EngineError, engine_error)
+    app.add_error_handler(StoreUnavailable, store_unavailable)
+    app.add_error_handler(PoolBusy, pool_busy)
     app.set_error_serializer(lambda req, resp, error: http_error(req, resp, error))

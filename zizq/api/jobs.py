@@ -3,10 +3,16 @@
 import falcon
 
 from zizq.api import query
-from zizq.api.codec import job_with_payload, read_body, respond, response_type
+from zizq.api.codec import (
+    job_with_payload,
+    read_parsed,
+    respond,
+    respond_jobs,
+    response_type,
+)
 from zizq.queue import Engine
 from zizq.queue.records import public_view
-from zizq.queue.spec import parse_bulk, parse_job
+from zizq.queue.spec import TooLarge, parse_bulk, parse_job
 
 
 class JobCollection:
@@ -26,20 +32,23 @@ class JobCollection:
 
     async def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         media = response_type(req)
-        spec = parse_job(await read_body(req))
+        spec = await read_parsed(req, lambda body, from_json: parse_job(body, "", from_json))
         (job,) = await self._engine.enqueue([spec])
         respond(req, resp, job, 201, media)
 
 
 class BulkJobs:
-    """POST /jobs/bulk: all jobs or none."""
+    """POST /jobs/bulk: all jobs or none; at most MAX_BULK_JOBS of them (413 past it)."""
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
 
     async def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         media = response_type(req)
-        specs = parse_bulk(await read_body(req))
+        try:
+            specs = await read_parsed(req, parse_bulk)
+        except TooLarge as exc:
+            raise falcon.HTTPPayloadTooLarge(description=str(exc)) from None
         jobs = await self._engine.enqueue(specs)
         respond(req, resp, {"jobs": jobs}, 201, media)
 
@@ -53,7 +62,8 @@ class JobItem:
     async def on_get(self, req: falcon.Request, resp: falcon.Response, job_id: str) -> None:
         media = response_type(req)
         record, payload = self._engine.get_job(job_id)
-        respond(req, resp, job_with_payload(public_view(job_id, record), payload), 200, media)
+        view = job_with_payload(public_view(job_id, record), payload)
+        respond_jobs(req, resp, view, [view], media)
 
     async def on_patch(self, req: falcon.Request, resp: falcon.Response, job_id: str) -> None:
         await query.patch_job(self._engine, req, resp, job_id)

@@ -5,13 +5,14 @@ from __future__ import annotations
 import falcon
 
 from zizq.api import params
-from zizq.api.codec import job_with_payload, read_body, respond, response_type
-from zizq.queue import Engine, InvalidInput
+from zizq.api.codec import job_with_payload, read_parsed, respond, respond_jobs, response_type
+from zizq.queue import Engine
 from zizq.queue.patch import parse_patch
 from zizq.queue.records import public_view
 
 MAX_JOBS_PAGE = 2000
-MAX_ERRORS_PAGE = 200
+MAX_ERRORS_PAGE = 2000  # the reference accepts 2000 here too, and clients send it
+MAX_ATTEMPT = 2**32 - 1  # error keys hold the attempt in 4 bytes
 
 
 class Queues:
@@ -54,14 +55,14 @@ async def list_jobs(engine: Engine, req: falcon.Request, resp: falcon.Response) 
     links = params.page_links(
         req, "desc" if desc else "asc", limit, page.next_after, page.prev_before
     )
-    respond(req, resp, {"jobs": jobs, "pages": links}, 200, media)
+    respond_jobs(req, resp, {"jobs": jobs, "pages": links}, jobs, media)
 
 
 async def patch_jobs(engine: Engine, req: falcon.Request, resp: falcon.Response) -> None:
     media = response_type(req)
     params.reject_unknown(req, params.FILTER_PARAMS)
     job_filter = params.job_filter(req)
-    patch = parse_patch(await read_body(req))
+    patch = await read_parsed(req, lambda body, _: parse_patch(body))
     respond(req, resp, {"patched": await engine.patch_jobs(job_filter, patch)}, 200, media)
 
 
@@ -73,13 +74,11 @@ async def delete_jobs(engine: Engine, req: falcon.Request, resp: falcon.Response
 
 
 def _is_attempt(raw: str) -> bool:
-    return raw.isascii() and raw.isdigit() and len(raw) <= 10
+    return raw.isascii() and raw.isdigit() and len(raw) <= 10 and int(raw) <= MAX_ATTEMPT
 
 
 def _attempt(raw: str) -> int:
-    if not (raw.isascii() and raw.isdigit()):
-        raise InvalidInput("attempt: must be a positive integer")
-    return int(raw)
+    return params.whole_number(raw, "attempt", 0, MAX_ATTEMPT)
 
 
 class JobErrors:
@@ -137,7 +136,7 @@ async def patch_job(
     engine: Engine, req: falcon.Request, resp: falcon.Response, job_id: str
 ) -> None:
     media = response_type(req)
-    patch = parse_patch(await read_body(req))
+    patch = await read_parsed(req, lambda body, _: parse_patch(body))
     respond(req, resp, await engine.patch_job(job_id, patch), 200, media)
 
 

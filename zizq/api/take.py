@@ -8,36 +8,34 @@ for http.disconnect ourselves and return the stream's jobs to ready at once.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import falcon
 
-from zizq.api import codec
-from zizq.queue import Engine, InvalidInput
-from zizq.queue.consumer import Consumer, ConsumerClosed
+from zizq.api import codec, params
+from zizq.queue import Engine
+from zizq.queue.consumer import Consumer, ConsumerClosed, Delivery
 from zizq.queue.records import public_view
+from zizq.queue.spec import FailureSpec
+
+logger = logging.getLogger("zizq.api")
 
 MAX_PREFETCH = 100_000
 RECEIVE_KEY = "zizq.receive"  # set by the ASGI wrapper in app.py
 
 
 def parse_queues(raw: str | None) -> frozenset[str] | None:
-    if raw is None:
+    """The `queue=` list; each name must be one a job could have (else 400)."""
+    if raw is None or not raw.strip(", "):
         return None
-    names = frozenset(name.strip() for name in raw.split(",") if name.strip())
-    return names or None
+    return params.names(raw, "queue")
 
 
 def parse_prefetch(raw: str | None) -> int:
     if raw is None or raw == "":
         return 1
-    try:
-        prefetch = int(raw)
-    except ValueError:
-        raise InvalidInput(f"prefetch: must be an integer between 1 and {MAX_PREFETCH}") from None
-    if not 1 <= prefetch <= MAX_PREFETCH:
-        raise InvalidInput(f"prefetch: must be an integer between 1 and {MAX_PREFETCH}")
-    return prefetch
+    return params.whole_number(raw, "prefetch", 1, MAX_PREFETCH)
 
 
 class Take:
@@ -70,16 +68,40 @@ class Take:
                 if not deliveries:
                     yield heartbeat
                     continue
-                yield b"".join(
-                    codec.stream_frame(
-                        media,
-                        codec.job_with_payload(public_view(d.job_id, d.record), d.payload),
-                    )
-                    for d in deliveries
-                )
+                frames = []
+                for delivery in deliveries:
+                    try:
+                        frames.append(self._frame(media, delivery))
+                    except codec.ENCODE_ERRORS as exc:
+                        await self._kill_undeliverable(delivery.job_id, str(exc))
+                if frames:
+                    yield b"".join(frames)
         finally:
             watcher.cancel()
             self._engine.close_consumer(consumer)
+
+    @staticmethod
+    def _frame(media: str, delivery: Delivery) -> bytes:
+        """The job's frame, encoded on its own so that one bad job spoils no other.
+
+        Raises one of codec.ENCODE_ERRORS if the job cannot be delivered."""
+        view = public_view(delivery.job_id, delivery.record)
+        return codec.stream_frame(media, codec.job_with_payload(view, delivery.payload))
+
+    async def _kill_undeliverable(self, job_id: str, problem: str) -> None:
+        """A job no worker can ever receive (its payload, stored by an older version,
+        cannot be encoded): kill it, once and with a log line, instead of redelivering
+        it forever. The other jobs of the same delivery go out as usual."""
+        logger.error("job %s cannot be delivered, killing it: %s", job_id, problem)
+        failure = FailureSpec(
+            message=f"zizq cannot deliver this job: {problem}",
+            error_type="UndeliverableJob",
+            kill=True,
+        )
+        try:
+            await self._engine.fail(job_id, failure)
+        except Exception:  # deleted meanwhile, or the store refused: nothing more to do
+            logger.exception("could not kill undeliverable job %s", job_id)
 
     async def _watch_disconnect(
         self, consumer: Consumer, receive: Callable[[], Awaitable[dict]]

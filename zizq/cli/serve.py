@@ -52,6 +52,13 @@ def _positive(_ctx: click.Context, _param: click.Parameter, value: int) -> int:
     return value
 
 
+def _jq_memory(_ctx: click.Context, _param: click.Parameter, value: int) -> int:
+    """A jq worker is a Python process: below 64 MiB it could not even start."""
+    if value < 64 * 1024 * 1024:
+        raise click.BadParameter("must be at least 64MiB")
+    return value
+
+
 # --- config building -------------------------------------------------------------------
 
 
@@ -72,6 +79,16 @@ def _backoff(base: int | None, exponent: float | None, jitter: int | None) -> Ba
         )
     assert base is not None and exponent is not None and jitter is not None
     return BackoffPolicy(base_ms=base, exponent=float(exponent), jitter_ms=jitter)
+
+
+def _idle_timeout(idle_ms: int, heartbeat_ms: int) -> int:
+    """A take stream is kept open by its heartbeats: they must come well within the timeout."""
+    if idle_ms <= heartbeat_ms:
+        raise click.UsageError(
+            f"--idle-timeout ({idle_ms} ms) must be longer than --heartbeat-interval "
+            f"({heartbeat_ms} ms), or idle take streams would be closed"
+        )
+    return idle_ms
 
 
 def serve_config_from_params(**params: Any) -> ServeConfig:
@@ -95,6 +112,7 @@ def serve_config_from_params(**params: Any) -> ServeConfig:
         log_max_size=params["log_max_size"],
         log_max_files=params["log_max_files"],
         heartbeat_interval_ms=params["heartbeat_interval"],
+        idle_timeout_ms=_idle_timeout(params["idle_timeout"], params["heartbeat_interval"]),
         global_in_flight_limit=params["global_in_flight_limit"],
         default_retry_limit=params["default_retry_limit"],
         default_backoff=_backoff(
@@ -108,6 +126,8 @@ def serve_config_from_params(**params: Any) -> ServeConfig:
         default_commit_mode=default_commit_mode,
         enqueue_commit_mode=params["enqueue_commit_mode"] or default_commit_mode,
         cache_size=params["cache_size"],
+        jq_time_limit_ms=params["jq_time_limit"],
+        jq_memory_limit=params["jq_memory_limit"],
     )
 
 
@@ -188,6 +208,14 @@ _SERVE_OPTIONS: list[Callable[[F], F]] = [
         callback=_positive,
     ),
     _option(
+        "--idle-timeout",
+        "Close a client connection after this long without data either way "
+        "(no request in progress).",
+        type=DURATION,
+        default="75s",
+        callback=_positive,
+    ),
+    _option(
         "--global-in-flight-limit",
         "Maximum in-flight jobs across all workers (0 = no limit).",
         type=click.IntRange(min=0),
@@ -257,6 +285,20 @@ _SERVE_OPTIONS: list[Callable[[F], F]] = [
         "Block cache size of the storage engine.",
         type=SIZE,
         default="256MiB",
+    ),
+    _option(
+        "--jq-time-limit",
+        "Longest a jq worker may take on one call of a filter (then it is killed; 400).",
+        type=DURATION,
+        default="5s",
+        callback=_positive,
+    ),
+    _option(
+        "--jq-memory-limit",
+        "Address space cap of each jq worker process (not enforced on Windows).",
+        type=SIZE,
+        default="512MiB",
+        callback=_jq_memory,
     ),
 ]
 

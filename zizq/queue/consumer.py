@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -36,6 +37,29 @@ class Consumer:
     def deliver(self, deliveries: list[Delivery]) -> None:
         self._outbox.extend(deliveries)
         self._wake.set()
+
+    @property
+    def undelivered(self) -> int:
+        """Jobs handed to this stream that its writer has not yet taken (not sent)."""
+        return len(self._outbox)
+
+    def take_back(self, count: int, wanted: Callable[[Delivery], bool]) -> list[Delivery]:
+        """Remove up to `count` unsent deliveries that `wanted` accepts, newest first.
+
+        Only the outbox is touched: a job the writer has already taken may be on
+        the wire, so it stays with the stream. The caller owns the jobs after this.
+        """
+        taken: list[Delivery] = []
+        kept: list[Delivery] = []
+        for delivery in reversed(self._outbox):
+            if len(taken) < count and wanted(delivery):
+                taken.append(delivery)
+            else:
+                kept.append(delivery)
+        if taken:
+            kept.reverse()
+            self._outbox = deque(kept)
+        return taken
 
     def close(self) -> None:
         self.closed = True

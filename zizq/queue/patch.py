@@ -11,7 +11,15 @@ from typing import Any
 
 from zizq.queue.errors import Conflict, InvalidInput
 from zizq.queue.records import MAX_PRIORITY, READY, SCHEDULED
-from zizq.queue.spec import MAX_I32, MAX_I64, _int_in, _name, parse_backoff, parse_retention
+from zizq.queue.spec import (
+    MAX_I32,
+    MAX_I64,
+    _int_in,
+    _name,
+    parse_backoff,
+    parse_retention,
+    shown_key,
+)
 
 MUTABLE_FIELDS = frozenset({"queue", "priority", "ready_at", "retry_limit", "backoff", "retention"})
 _UNSET = object()
@@ -43,7 +51,8 @@ def _parse(body: dict) -> JobPatch:
     for key in body:
         if key not in MUTABLE_FIELDS:
             raise InvalidInput(
-                f"{key}: is not a mutable field (mutable: {', '.join(sorted(MUTABLE_FIELDS))})"
+                f"{shown_key(key)}: is not a mutable field"
+                f" (mutable: {', '.join(sorted(MUTABLE_FIELDS))})"
             )
     changes: dict[str, Any] = {}
     for key in ("queue", "priority"):

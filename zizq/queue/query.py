@@ -11,14 +11,13 @@ from __future__ import annotations
 import heapq
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
-
-import jq
-import msgpack
 
 from zizq.queue.errors import InvalidInput
+from zizq.queue.jq_sandbox import MATCH_BATCH, JqSandbox, check_text, default_sandbox
 from zizq.queue.records import is_purged, now_ms
 from zizq.store import Store, layout
+
+FIRST_BATCH = 16  # payloads in the first jq call of a walk
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,21 +31,27 @@ class Range:
         return (self.low is None or value >= self.low) and (self.high is None or value <= self.high)
 
 
-def parse_range(name: str, text: str) -> Range:
-    """`N`, `A..B`, `..B` or `A..` (inclusive)."""
+def parse_range(name: str, text: str, maximum: int = 2**63 - 1) -> Range:
+    """`N`, `A..B`, `..B`, `A..` or `..` (inclusive), each bound an integer in 0..maximum.
+
+    Bounds are unsigned decimal digits only (no sign, no `_`, no spaces), checked
+    for length before conversion so a 5,000-digit bound is a 400, not a
+    ValueError from int().
+    """
+    shapes = "use N, A..B, ..B, A.. or .."
 
     def bound(part: str) -> int | None:
         if part == "":
             return None
-        if not (part.isascii() and part.lstrip("-").isdigit()):
-            raise InvalidInput(f"{name}: invalid range {text!r}; use N, A..B, ..B or A..")
+        if not (part.isascii() and part.isdigit()):
+            raise InvalidInput(f"{name}: invalid range {text!r}; {shapes} with whole numbers")
+        if len(part) > len(str(maximum)) or int(part) > maximum:
+            raise InvalidInput(f"{name}: bound {part[:30]} is out of range (0..{maximum})")
         return int(part)
 
     if ".." in text:
         low_text, _, high_text = text.partition("..")
         low, high = bound(low_text), bound(high_text)
-        if low is None and high is None:
-            raise InvalidInput(f"{name}: invalid range {text!r}; use N, A..B, ..B or A..")
     else:
         low = high = bound(text)
         if low is None:
@@ -57,21 +62,33 @@ def parse_range(name: str, text: str) -> Range:
 
 
 class PayloadFilter:
-    """A jq expression compiled once per request; a job matches when it yields a truthy value."""
+    """A jq expression on the payload; a job matches when it yields a truthy value.
+
+    jq never runs in this process (see zizq.queue.jq_sandbox): creating a
+    filter only checks its text, `check` compiles it in a worker (400 if it is
+    invalid), and `matches` judges a batch of payloads in one worker call.
+    """
 
     def __init__(self, expression: str) -> None:
+        check_text(expression, "filter")
         self.expression = expression
-        try:
-            self._program = jq.compile(expression)
-        except ValueError as exc:
-            raise InvalidInput(f"filter: invalid jq expression: {exc}") from None
+        self._checked = False  # compiled once in a worker; a race only checks twice
 
-    def matches(self, payload: Any) -> bool:
-        try:
-            outputs = self._program.input_value(payload).all()
-        except Exception:  # a runtime error (e.g. indexing a number) is simply not a match
-            return False
-        return any(out is not None and out is not False for out in outputs)
+    def check(self, sandbox: JqSandbox) -> None:
+        """Blocking: raises InvalidInput naming `filter` unless the expression compiles."""
+        if not self._checked:
+            sandbox.check(self.expression, "filter")
+            self._checked = True
+
+    async def acheck(self, sandbox: JqSandbox) -> None:
+        """`check` for the event loop (the wait for a worker happens on a thread)."""
+        if not self._checked:
+            await sandbox.acheck(self.expression, "filter")
+            self._checked = True
+
+    def matches(self, sandbox: JqSandbox, payloads: list[bytes | None]) -> list[bool]:
+        """Verdicts for msgpack-encoded payloads (None: no payload, judged as null)."""
+        return sandbox.match(self.expression, payloads, "filter")
 
 
 @dataclass(frozen=True)
@@ -112,13 +129,16 @@ class JobQuery:
 
     It copies the counters when created, so a query may run on a worker
     thread (long scans must not stall the event loop) while the loop keeps
-    changing the live counters.
+    changing the live counters. A jq filter is judged by `jq` (the engine's
+    sandbox; the process-wide default one if not given), in batches, which
+    blocks the calling thread: walk a jq-filtered query off the event loop.
     """
 
-    def __init__(self, store: Store, job_filter: JobFilter) -> None:
+    def __init__(self, store: Store, job_filter: JobFilter, jq: JqSandbox | None = None) -> None:
         self._store = store
         self.filter = job_filter
         self._counts = dict(store.counts)
+        self._jq = jq
 
     # -- counting -------------------------------------------------------------
 
@@ -167,20 +187,41 @@ class JobQuery:
     ) -> Iterator[tuple[str, dict]]:
         """(id, record) of every visible match, in id order or reverse.
 
-        Payloads are read only when the jq filter needs them.
+        Payloads are read only when the jq filter needs them, and judged in
+        batches that grow from FIRST_BATCH to MATCH_BATCH: a page or a "is
+        there one more?" probe stays cheap, a long scan makes few worker calls.
+        The generator may be advanced from different threads, one at a time.
         """
         now = now_ms()
         payload_filter = self.filter.payload
+        if payload_filter is not None:
+            sandbox = self._jq if self._jq is not None else default_sandbox()
+            payload_filter.check(sandbox)  # an invalid program is a 400 even if nothing is read
+        batch: list[tuple[str, dict]] = []
+        batch_size = FIRST_BATCH
         for job_id in self._candidate_ids(after, backwards):
             record = self._store.get_job(job_id)
             if record is None or is_purged(record, now) or not self.filter.matches_record(record):
                 continue
-            if payload_filter is not None:
-                payload = self._store.get_payload(job_id)
-                value = None if payload is None else msgpack.unpackb(payload, strict_map_key=False)
-                if not payload_filter.matches(value):
-                    continue
-            yield job_id, record
+            if payload_filter is None:
+                yield job_id, record
+                continue
+            batch.append((job_id, record))
+            if len(batch) >= batch_size:
+                yield from self._judged(payload_filter, sandbox, batch)
+                batch = []
+                batch_size = min(batch_size * 2, MATCH_BATCH)
+        if batch:
+            yield from self._judged(payload_filter, sandbox, batch)
+
+    def _judged(
+        self, payload_filter: PayloadFilter, sandbox: JqSandbox, batch: list[tuple[str, dict]]
+    ) -> Iterator[tuple[str, dict]]:
+        payloads = self._store.get_payloads([job_id for job_id, _ in batch])
+        verdicts = payload_filter.matches(sandbox, payloads)
+        for item, matched in zip(batch, verdicts, strict=True):
+            if matched:
+                yield item
 
     def first(self, after: str | None, backwards: bool) -> str | None:
         for job_id, _ in self.matches(after, backwards):

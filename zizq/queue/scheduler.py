@@ -62,6 +62,26 @@ class Scheduler:
         self._timer = None
         self._timer_due = None
         due = self.due.pop_due(now_ms(), PROMOTE_SLICE)
+        try:
+            promoted = self._write_promotions(due)
+        except Exception as exc:  # the store refused (disk full): keep them, retry soon
+            logger.error("cannot promote %d scheduled jobs (retrying): %s", len(due), exc)
+            self.due.load(due)
+            self._timer = self._loop.call_later(RETRY_S, self._promote_due)
+            self._timer_due = now_ms() + int(RETRY_S * 1000)
+            return
+        if promoted:
+            for job_id, record in promoted:
+                self._ready.push(record["queue"], record["priority"], job_id)
+            self._dispatcher.request_pump()
+        if len(due) == PROMOTE_SLICE:
+            # More are due: continue shortly, letting requests in between slices.
+            self._loop.call_later(YIELD_S, self._promote_due)
+        else:
+            self.arm()
+
+    def _write_promotions(self, due: list[tuple[int, str]]) -> list[tuple[str, dict]]:
+        """Mark the due jobs ready in one write; returns them (stale entries skipped)."""
         batch = self._store.batch()
         promoted = []
         seen = set()  # a patch may have left duplicate entries; promote each job once
@@ -77,19 +97,5 @@ class Scheduler:
             batch.put_job(job_id, record, previous)
             promoted.append((job_id, record))
         if promoted:
-            try:
-                self._store.write(batch)
-            except Exception as exc:  # the store refused (disk full): keep them, retry soon
-                logger.error("cannot promote %d scheduled jobs (retrying): %s", len(promoted), exc)
-                self.due.load(due)
-                self._timer = self._loop.call_later(RETRY_S, self._promote_due)
-                self._timer_due = now_ms() + int(RETRY_S * 1000)
-                return
-            for job_id, record in promoted:
-                self._ready.push(record["queue"], record["priority"], job_id)
-            self._dispatcher.request_pump()
-        if len(due) == PROMOTE_SLICE:
-            # More are due: continue shortly, letting requests in between slices.
-            self._loop.call_later(YIELD_S, self._promote_due)
-        else:
-            self.arm()
+            self._store.write(batch)
+        return promoted

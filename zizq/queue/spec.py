@@ -2,6 +2,15 @@
 
 Every check names the offending field (with its index inside a bulk request),
 so a client can fix its request from the message alone.
+
+Limits (documented in the README):
+- queue and type names: 1..MAX_NAME_BYTES UTF-8 bytes, no leading or trailing
+  whitespace (query strings strip it, so such a name could never be filtered
+  or taken by name), none of RESERVED_NAME_CHARS;
+- payloads: see zizq.queue.payload;
+- a bulk enqueue holds at most MAX_BULK_JOBS jobs, a bulk ack MAX_ACK_IDS ids;
+- failure reports: message, error_type and backtrace are cut to their caps
+  (the failure is still recorded: refusing it would leave the job in flight).
 """
 
 from __future__ import annotations
@@ -12,12 +21,26 @@ from typing import Any
 
 import msgpack
 
+from zizq.queue import payload as payload_model
 from zizq.queue.errors import InvalidInput, ProFeatureRequired
 from zizq.queue.records import MAX_PRIORITY
+from zizq.queue.timeslice import TimeSlicer
 
 RESERVED_NAME_CHARS = frozenset(",*?[]{}\\")
+MAX_NAME_BYTES = 1024
+MAX_BULK_JOBS = 10_000
+MAX_ACK_IDS = 10_000
+MAX_MESSAGE_BYTES = 64 * 1024
+MAX_ERROR_TYPE_BYTES = 1024
+MAX_BACKTRACE_BYTES = 256 * 1024
+TRUNCATED = " [truncated]"
 MAX_I64 = 2**63 - 1
 MAX_I32 = 2**31 - 1
+
+
+class TooLarge(InvalidInput):
+    """More items than one request may carry (the API answers 413)."""
+
 
 JOB_FIELDS = frozenset(
     {
@@ -74,28 +97,57 @@ def _int_in(obj: dict, field: str, where: str, low: int, high: int) -> int | Non
 
 def _name(obj: dict, field: str, where: str) -> str:
     value = obj.get(field)
+    # The usual case in one line: a bulk checks two names per job.
+    if type(value) is str and len(value) <= MAX_NAME_BYTES and _name_problem(value) is None:
+        return value
     if value is None:
         raise InvalidInput(f"{where}{field}: is required")
-    if not isinstance(value, str):
-        raise InvalidInput(f"{where}{field}: must be a string")
-    if not value:
-        raise InvalidInput(f"{where}{field}: must not be empty")
-    bad = _reserved_in(value)
-    if bad:
-        raise InvalidInput(f"{where}{field}: must not contain the reserved characters {bad}")
+    return check_name(value, field, where)
+
+
+def check_name(value: Any, label: str, where: str = "") -> str:
+    """A queue or type name, from a body or a query string; `where` + `label` name it."""
+    if type(value) is not str:
+        raise InvalidInput(f"{where}{label}: must be a string")
+    # Length first: nothing longer than a valid name reaches the cache below.
+    problem = _name_problem(value) if len(value) <= MAX_NAME_BYTES else _TOO_LONG
+    if problem is not None:
+        raise InvalidInput(f"{where}{label}: {problem}")
     return value
 
 
-@functools.lru_cache(maxsize=4096)
-def _reserved_in(name: str) -> str:
+_TOO_LONG = f"must be at most {MAX_NAME_BYTES} bytes (UTF-8)"
+
+
+@functools.lru_cache(maxsize=4096)  # <= 4096 names of <= 1 KiB: a few MiB at most
+def _name_problem(name: str) -> str | None:
     # Cached: a bulk enqueue repeats the same few queue and type names many times.
-    return " ".join(sorted(RESERVED_NAME_CHARS.intersection(name)))
+    if not name:
+        return "must not be empty"
+    # Up to 256 characters cannot exceed 1024 bytes; only longer names need encoding.
+    if (
+        len(name) > MAX_NAME_BYTES // 4
+        and len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES
+    ):
+        return _TOO_LONG
+    if name[0].isspace() or name[-1].isspace():
+        return "must not start or end with whitespace"
+    bad = RESERVED_NAME_CHARS.intersection(name)
+    if bad:
+        return f"must not contain the reserved characters {' '.join(sorted(bad))}"
+    return None
 
 
 def _unknown_fields(obj: dict, allowed: frozenset, where: str) -> None:
     for key in obj:
         if key not in allowed:
-            raise InvalidInput(f"{where}{key}: unknown field")
+            raise InvalidInput(f"{where}{shown_key(key)}: unknown field")
+
+
+def shown_key(key: Any) -> str:
+    """A client's key as an error message may quote it: short, whatever its type."""
+    text = key if isinstance(key, str) else repr(key)
+    return text if len(text) <= 64 else text[:64] + "..."
 
 
 def parse_backoff(value: Any, where: str) -> dict:
@@ -141,8 +193,12 @@ def parse_retention(value: Any, where: str) -> dict:
     return retention
 
 
-def parse_job(obj: Any, where: str = "") -> JobSpec:
-    """Validate one enqueue request body (or one element of a bulk request)."""
+def parse_job(obj: Any, where: str = "", from_json: bool = False) -> JobSpec:
+    """Validate one enqueue request body (or one element of a bulk request).
+
+    `from_json`: the body was JSON, whose parser already rules out most of
+    what a payload may not hold (see zizq.queue.payload).
+    """
     if not isinstance(obj, dict):
         raise InvalidInput(f"{where or 'body'}: must be an object")
     _unknown_fields(obj, JOB_FIELDS, where)
@@ -156,9 +212,14 @@ def parse_job(obj: Any, where: str = "") -> JobSpec:
     job_type = _name(obj, "type", where)
     if "payload" not in obj:
         raise InvalidInput(f"{where}payload: is required")
+    value = obj["payload"]
     try:
-        payload = msgpack.packb(obj["payload"])
-    except (TypeError, ValueError, OverflowError) as exc:
+        payload_model.check(value, from_json)
+    except payload_model.PayloadError as error:
+        raise InvalidInput(error.describe(f"{where}payload")) from None
+    try:
+        payload = msgpack.packb(value)
+    except (TypeError, ValueError, OverflowError) as exc:  # e.g. a Python int past 64 bits
         raise InvalidInput(f"{where}payload: cannot be stored ({exc})") from None
     backoff = obj.get("backoff")
     retention = obj.get("retention")
@@ -174,37 +235,63 @@ def parse_job(obj: Any, where: str = "") -> JobSpec:
     )
 
 
-def parse_bulk(obj: Any) -> list[JobSpec]:
+async def parse_bulk(obj: Any, from_json: bool = False) -> list[JobSpec]:
+    """Validate a bulk enqueue body, letting other requests in between slices of it."""
     if not isinstance(obj, dict):
         raise InvalidInput("body: must be an object with a jobs array")
     _unknown_fields(obj, frozenset({"jobs"}), "")
     jobs = obj.get("jobs")
     if not isinstance(jobs, list):
         raise InvalidInput("jobs: is required and must be an array")
-    return [parse_job(job, f"jobs[{index}].") for index, job in enumerate(jobs)]
+    if len(jobs) > MAX_BULK_JOBS:
+        raise TooLarge(
+            f"jobs: a bulk holds at most {MAX_BULK_JOBS} jobs (got {len(jobs)}); split it"
+        )
+    specs = []
+    slicer = TimeSlicer()
+    for index, job in enumerate(jobs):
+        specs.append(parse_job(job, f"jobs[{index}].", from_json))
+        # Free each decoded job as soon as it is stored as bytes: freeing the
+        # whole body at once at the end would be one more long stall.
+        jobs[index] = job = None
+        if index & 31 == 31 and slicer.due():  # 32 jobs take ~0.1 ms: look at the clock less
+            await slicer.pause()
+    return specs
 
 
-def _optional_str(obj: dict, field: str) -> str | None:
+def _capped_str(obj: dict, field: str, limit: int) -> str | None:
     value = obj.get(field)
-    if value is not None and not isinstance(value, str):
+    if value is None:
+        return None
+    if not isinstance(value, str):
         raise InvalidInput(f"{field}: must be a string")
-    return value
+    return _truncate(value, limit)
+
+
+def _truncate(text: str, limit: int) -> str:
+    """At most `limit` UTF-8 bytes, cut on a character boundary and marked as cut."""
+    if len(text) <= limit // 4:
+        return text  # four bytes per character at most: short enough without encoding
+    raw = text.encode("utf-8", "surrogatepass")
+    if len(raw) <= limit:
+        return text
+    return raw[: limit - len(TRUNCATED)].decode("utf-8", "ignore") + TRUNCATED
 
 
 def parse_failure(obj: Any) -> FailureSpec:
     if not isinstance(obj, dict):
         raise InvalidInput("body: must be an object with a message")
     _unknown_fields(obj, FAILURE_FIELDS, "")
-    message = obj.get("message")
-    if not isinstance(message, str):
+    if not isinstance(obj.get("message"), str):
         raise InvalidInput("message: is required and must be a string")
+    message = _capped_str(obj, "message", MAX_MESSAGE_BYTES)
     kill = obj.get("kill")
     if kill is not None and not isinstance(kill, bool):
         raise InvalidInput("kill: must be a boolean")
     return FailureSpec(
         message=message,
-        error_type=_optional_str(obj, "error_type"),
-        backtrace=_optional_str(obj, "backtrace"),
+        error_type=_capped_str(obj, "error_type", MAX_ERROR_TYPE_BYTES),
+        backtrace=_capped_str(obj, "backtrace", MAX_BACKTRACE_BYTES),
         retry_at=_int_in(obj, "retry_at", "", 0, MAX_I64),
         kill=bool(kill),
     )
@@ -217,4 +304,6 @@ def parse_ids(obj: Any) -> list[str]:
     ids = obj.get("ids")
     if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
         raise InvalidInput("ids: is required and must be an array of strings")
+    if len(ids) > MAX_ACK_IDS:
+        raise TooLarge(f"ids: at most {MAX_ACK_IDS} ids per request (got {len(ids)}); split it")
     return ids

@@ -9,7 +9,9 @@ from zizq.store.db import (
     IndexKey,
     SchemaVersionError,
     Store,
+    StoreError,
     StoreLockedError,
+    StoreUnavailable,
     WriteBatch,
     index_key_of,
 )
@@ -20,7 +22,9 @@ __all__ = [
     "Committer",
     "SchemaVersionError",
     "Store",
+    "StoreError",
     "StoreLockedError",
+    "StoreUnavailable",
     "WriteBatch",
     "index_key_of",
 ]

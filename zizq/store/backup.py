@@ -26,7 +26,7 @@ from typing import BinaryIO
 import rocksdict
 
 from zizq.store import layout
-from zizq.store.db import Store
+from zizq.store.db import Store, StoreUnavailable
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "zizq-backup"
@@ -49,14 +49,26 @@ def create_checkpoint(store: Store) -> Path:
     """A consistent point-in-time copy of the database, next to it (hard links).
 
     Slow-ish (it flushes the memtable) but releases the GIL: call it from a thread.
+    Raises StoreUnavailable (and leaves nothing behind) if RocksDB cannot write,
+    e.g. on a full disk.
     """
     target = store.root_dir / f"{TEMP_PREFIX}{uuid.uuid4().hex}"
-    target.mkdir()
-    checkpoint_dir = target / layout.DATA_DIR_NAME
-    # Checkpoint holds the GIL while it flushes the memtables; flush() does not, so flush first.
-    for name in (*layout.COLUMN_FAMILIES, None):
-        (store.db if name is None else store.db.get_column_family(name)).flush(True)
-    rocksdict.Checkpoint(store.db).create_checkpoint(str(checkpoint_dir))
+    try:
+        target.mkdir()
+        checkpoint_dir = target / layout.DATA_DIR_NAME
+        # Checkpoint holds the GIL while it flushes the memtables; flush() does not, so flush first.
+        for name in (*layout.COLUMN_FAMILIES, None):
+            (store.db if name is None else store.db.get_column_family(name)).flush(True)
+        rocksdict.Checkpoint(store.db).create_checkpoint(str(checkpoint_dir))
+    except BaseException as exc:
+        shutil.rmtree(target, ignore_errors=True)
+        if (
+            isinstance(exc, OSError)
+            or type(exc) is Exception
+            or isinstance(exc, rocksdict.DbClosedError)
+        ):
+            raise StoreUnavailable(f"cannot take a backup: {exc}") from None
+        raise
     return target
 
 

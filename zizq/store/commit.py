@@ -156,7 +156,7 @@ class Committer:
             # but not yet durable. Sync them on their own; if that fails too,
             # they stay applied and their requests get the error.
             try:
-                self._store.db.flush_wal(True)
+                self._store.sync_wal()
             except Exception as exc:
                 outcomes = [(ok, exc if ok else error) for ok, error in outcomes]
         self.syncs += sync

@@ -1,15 +1,28 @@
-"""Opening the RocksDB store, writing batches and reading back."""
+"""Opening the RocksDB store, writing batches and reading back.
+
+A write RocksDB cannot complete (disk full, I/O error) puts the store in a
+failed state: every later write raises StoreUnavailable at once, reads keep
+working, and `failure` says why. RocksDB resumes by itself once a memtable's
+worth of space (64 MiB) is free, which probe() notices; otherwise the owner
+reopens the database (detach_failed, then attach_writable; driven by
+zizq.queue.maintenance), which needs only room to replay the WAL.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
+import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import msgpack
 import rocksdict
 
 from zizq.store import layout
+from zizq.store.handles import Handles, close_handles, open_handles
 
 # (queue, type, status): the dimensions of the secondary indexes. A job's
 # IndexKey decides which index entries it has and which counter it counts in.
@@ -23,28 +36,38 @@ def index_key_of(record: dict) -> IndexKey:
 _INDEX_TAGS = (layout.INDEX_QUEUE, layout.INDEX_TYPE, layout.INDEX_STATUS)  # IndexKey order
 
 
-class StoreLockedError(RuntimeError):
+logger = logging.getLogger("zizq.store")
+
+
+class StoreError(RuntimeError):
+    """Base of every failure the store reports; the message is meant for the user."""
+
+
+class StoreLockedError(StoreError):
     """Another process already has this root directory open."""
 
 
-class SchemaVersionError(RuntimeError):
+class SchemaVersionError(StoreError):
     """The root directory was written by a layout this build cannot read."""
 
 
-def _options(cache: rocksdict.Cache) -> rocksdict.Options:
-    opts = rocksdict.Options(raw_mode=True)
-    opts.create_if_missing(True)
-    opts.create_missing_column_families(True)
-    opts.increase_parallelism(2)
-    table = rocksdict.BlockBasedOptions()
-    table.set_block_cache(cache)
-    table.set_bloom_filter(10, False)
-    opts.set_block_based_table_factory(table)
-    opts.set_max_background_jobs(2)
-    # Queues delete as much as they write: let RocksDB compact away SST files
-    # that are mostly tombstones instead of waiting for size-triggered compactions.
-    opts.add_compact_on_deletion_collector_factory(10_000, 5_000, 0.5)
-    return opts
+class StoreUnavailable(StoreError):
+    """The store cannot write right now (disk full, I/O error, being reopened).
+
+    Nothing of the failed call was stored. The API answers 503 with the reason.
+    Reads raise it only after close().
+    """
+
+
+# RocksDB reports its Status as a bare Exception; these prefixes are our own
+# mistakes (a bug, not a failed disk) and must not put the store in a failed state.
+_CALLER_ERRORS = ("Invalid argument", "Not implemented", "Not supported")
+_PROBE_KEY = b"zizq:probe"  # default column family; written only to test the store
+REOPEN_HEADROOM = 4 * 1024 * 1024  # free bytes wanted beyond the WAL before reopening
+
+
+def _is_store_failure(exc: BaseException) -> bool:
+    return type(exc) is Exception and not str(exc).startswith(_CALLER_ERRORS)
 
 
 class WriteBatch:
@@ -55,10 +78,13 @@ class WriteBatch:
     counters exact without reading anything back.
     """
 
-    __slots__ = ("_store", "raw", "count", "deltas")
+    __slots__ = ("_store", "generation", "raw", "count", "deltas")
 
     def __init__(self, store: Store) -> None:
         self._store = store
+        # Column family handles belong to one open database: a batch built
+        # before a reopen must not be written after it.
+        self.generation = store.generation
         self.raw = rocksdict.WriteBatch(raw_mode=True)
         self.count = 0
         self.deltas: Counter[IndexKey] = Counter()
@@ -130,37 +156,63 @@ class Store:
     def __init__(self, root_dir: Path, cache_size: int = 256 * 1024 * 1024) -> None:
         self.root_dir = Path(root_dir)
         self.path = self.root_dir / layout.DATA_DIR_NAME
-        self.path.mkdir(parents=True, exist_ok=True)
-        cache = rocksdict.Cache(cache_size)  # one block cache shared by every column family
-        cf_opts = {name: _options(cache) for name in layout.COLUMN_FAMILIES}
-        try:
-            self.db = rocksdict.Rdict(str(self.path), _options(cache), column_families=cf_opts)
-        except Exception as exc:  # rocksdict raises a bare Exception with RocksDB's text
-            if "lock" in str(exc).lower():
-                raise StoreLockedError(
-                    f"root directory {self.root_dir} is already in use by another zizq process"
-                ) from exc
-            raise
-        self.h_jobs = self.db.get_column_family_handle(layout.CF_JOBS)
-        self.h_payloads = self.db.get_column_family_handle(layout.CF_PAYLOADS)
-        self.h_errors = self.db.get_column_family_handle(layout.CF_ERRORS)
-        self.h_index = self.db.get_column_family_handle(layout.CF_INDEX)
-        self.jobs = self.db.get_column_family(layout.CF_JOBS)
-        self.payloads = self.db.get_column_family(layout.CF_PAYLOADS)
-        self.errors = self.db.get_column_family(layout.CF_ERRORS)
-        self.index = self.db.get_column_family(layout.CF_INDEX)
+        self._cache = rocksdict.Cache(cache_size)  # one block cache shared by every CF
         self._sync_options = rocksdict.WriteOptions()
         self._sync_options.sync = True
         self._buffered_options = rocksdict.WriteOptions()
         # Jobs per (queue, type, status), kept exact by every committed batch;
         # they answer counts and GET /queues without touching the disk.
         self.counts: Counter[IndexKey] = Counter()
-        self._check_schema_version()
+        # Why writes fail right now (None: healthy). Set from any thread.
+        self.failure: str | None = None
+        self.failed_at: float | None = None  # time.monotonic() of the first failed write
+        # Called (on the failing thread) when the store enters the failed state.
+        self.on_failure: Callable[[str], None] | None = None
+        self.generation = 0  # bumped whenever the database objects are swapped (reopen)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreUnavailable(f"cannot create {self.path}: {exc.strerror}") from None
+        self._install(self._open())
+        try:
+            self._check_schema_version()
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self, read_only: bool = False) -> Handles:
+        try:
+            return open_handles(self.path, self._cache, read_only)
+        except Exception as exc:  # rocksdict raises a bare Exception with RocksDB's text
+            if "lock" not in str(exc).lower():
+                raise StoreUnavailable(f"{exc}") from None
+            if self.generation:  # our own failed database is not fully closed yet
+                raise StoreUnavailable("the failed database is still in use") from None
+            raise StoreLockedError(
+                f"root directory {self.root_dir} is already in use by another zizq process"
+            ) from None
+
+    def _install(self, handles: Handles) -> None:
+        """Make these the objects every read and write uses (on the loop thread)."""
+        self._handles = handles
+        self.db = handles.db
+        self.jobs = handles.jobs
+        self.payloads = handles.payloads
+        self.errors = handles.errors
+        self.index = handles.index
+        self.h_jobs = handles.h_jobs
+        self.h_payloads = handles.h_payloads
+        self.h_errors = handles.h_errors
+        self.h_index = handles.h_index
+        self.writable = handles.writable
 
     def _check_schema_version(self) -> None:
         stored = self.db.get(layout.META_SCHEMA_VERSION)
         if stored is None:
-            self.db.put(layout.META_SCHEMA_VERSION, str(layout.SCHEMA_VERSION).encode())
+            try:
+                self.db.put(layout.META_SCHEMA_VERSION, str(layout.SCHEMA_VERSION).encode())
+            except Exception as exc:
+                raise StoreUnavailable(f"cannot write to the store in {self.path}: {exc}") from None
             return
         version = int(stored)
         if version != layout.SCHEMA_VERSION:
@@ -173,15 +225,55 @@ class Store:
     # -- writes ---------------------------------------------------------
 
     def batch(self) -> WriteBatch:
+        if not self.writable:
+            raise StoreUnavailable(self._reopening_reason())
         return WriteBatch(self)
 
     def write_raw(self, batch: WriteBatch, sync: bool = False) -> None:
         """Apply a batch atomically, without touching the counters (safe off the loop thread).
 
         RocksDB releases the GIL while it syncs, so a sync from a helper thread
-        does not stall the event loop.
+        does not stall the event loop. Raises StoreUnavailable (nothing written)
+        while the store is failed.
         """
-        self.db.write(batch.raw, self._sync_options if sync else self._buffered_options)
+        if self.failure is not None:
+            raise StoreUnavailable(self.failure)
+        if batch.generation != self.generation:
+            raise StoreUnavailable("the store was reopened while this write was prepared")
+        try:
+            self.db.write(batch.raw, self._sync_options if sync else self._buffered_options)
+        except rocksdict.DbClosedError:
+            raise StoreUnavailable(self._reopening_reason()) from None
+        except Exception as exc:
+            if not _is_store_failure(exc):
+                raise
+            raise StoreUnavailable(self._failed(str(exc))) from None
+
+    def sync_wal(self) -> None:
+        """fsync the write-ahead log (group commit); StoreUnavailable if that fails."""
+        if self.failure is not None or not self.writable:
+            raise StoreUnavailable(self._reopening_reason())
+        try:
+            self.db.flush_wal(True)
+        except rocksdict.DbClosedError:
+            raise StoreUnavailable(self._reopening_reason()) from None
+        except Exception as exc:
+            if not _is_store_failure(exc):
+                raise
+            raise StoreUnavailable(self._failed(str(exc))) from None
+
+    def _failed(self, reason: str) -> str:
+        """Enter (or stay in) the failed state; returns the reason to report."""
+        if self.failure is None:
+            self.failed_at = time.monotonic()
+            self.failure = f"storage write failed: {reason}"
+            callback = self.on_failure
+            if callback is not None:
+                callback(self.failure)
+        return self.failure
+
+    def _reopening_reason(self) -> str:
+        return self.failure or "the store is closed or being reopened"
 
     def applied(self, batch: WriteBatch) -> None:
         """Count a committed batch (on the loop thread, which owns the counters)."""
@@ -199,15 +291,28 @@ class Store:
 
     # -- reads ----------------------------------------------------------
 
+    # Reads keep working while writes fail, and during a reopen (from a
+    # read-only instance). A closed database (only after close()) is
+    # StoreUnavailable, never a crash.
+
     def get_job(self, job_id: str) -> dict | None:
-        raw = self.jobs.get(layout.job_key(job_id))
+        try:
+            raw = self.jobs.get(layout.job_key(job_id))
+        except rocksdict.DbClosedError:
+            raise StoreUnavailable(self._reopening_reason()) from None
         return None if raw is None else msgpack.unpackb(raw)
 
     def get_payload(self, job_id: str) -> bytes | None:
-        return self.payloads.get(layout.job_key(job_id))
+        try:
+            return self.payloads.get(layout.job_key(job_id))
+        except rocksdict.DbClosedError:
+            raise StoreUnavailable(self._reopening_reason()) from None
 
     def get_payloads(self, job_ids: list[str]) -> list[bytes | None]:
-        return self.payloads.get([layout.job_key(i) for i in job_ids])
+        try:
+            return self.payloads.get([layout.job_key(i) for i in job_ids])
+        except rocksdict.DbClosedError:
+            raise StoreUnavailable(self._reopening_reason()) from None
 
     def iter_jobs(self) -> Iterator[tuple[str, dict]]:
         for key, raw in self.jobs.items():
@@ -256,24 +361,112 @@ class Store:
             yield attempt, msgpack.unpackb(raw)
 
     def get_error(self, job_id: str, attempt: int) -> dict | None:
-        raw = self.errors.get(layout.error_key(job_id, attempt))
+        try:
+            raw = self.errors.get(layout.error_key(job_id, attempt))
+        except rocksdict.DbClosedError:
+            raise StoreUnavailable(self._reopening_reason()) from None
         return None if raw is None else msgpack.unpackb(raw)
 
     # -- maintenance ----------------------------------------------------
 
     def disk_usage(self) -> int:
         """Bytes the database occupies on disk."""
-        return sum(path.stat().st_size for path in self.path.rglob("*") if path.is_file())
+        total = 0
+        for path in self.path.rglob("*"):
+            with contextlib.suppress(FileNotFoundError):  # a compaction just removed it
+                if path.is_file():
+                    total += path.stat().st_size
+        return total
 
     def compact(self) -> None:
-        """Full compaction of every column family (slow; releases the GIL: run it on a thread)."""
+        """Full compaction of every column family (slow; releases the GIL: run it on a thread).
+
+        StoreUnavailable if RocksDB cannot write (a full disk: compaction needs room).
+        """
         options = rocksdict.CompactOptions()
         # Rewrite the bottom level too: that is where deleted jobs' tombstones meet their data.
         options.set_bottommost_level_compaction(rocksdict.BottommostLevelCompaction.force())
-        for name in (*layout.COLUMN_FAMILIES, None):
-            target = self.db if name is None else self.db.get_column_family(name)
-            target.compact_range(None, None, options)
+        try:
+            for name in (*layout.COLUMN_FAMILIES, None):
+                target = self.db if name is None else self.db.get_column_family(name)
+                target.compact_range(None, None, options)
+        except rocksdict.DbClosedError:
+            raise StoreUnavailable(self._reopening_reason()) from None
+        except Exception as exc:
+            if not _is_store_failure(exc):
+                raise
+            raise StoreUnavailable(f"compaction failed: {exc}") from None
+
+    # -- failure and recovery ------------------------------------------
+
+    def probe(self) -> bool:
+        """Try one tiny write; if it lands, the store is healthy again (clears `failure`).
+
+        RocksDB resumes by itself once a memtable's worth of space is free; this
+        is how we notice. Call it on the loop thread.
+        """
+        if not self.writable:
+            return False
+        batch = rocksdict.WriteBatch(raw_mode=True)
+        batch.put(_PROBE_KEY, str(time.time_ns()).encode())
+        try:
+            self.db.write(batch, self._buffered_options)
+        except Exception:
+            return False
+        self.failure = None
+        self.failed_at = None
+        return True
+
+    def free_bytes(self) -> int:
+        stats = os.statvfs(self.path)
+        return stats.f_bavail * stats.f_frsize
+
+    def room_to_reopen(self) -> bool:
+        """Whether the disk has room for an open: it replays the WAL into new table files."""
+        try:
+            wal = sum(p.stat().st_size for p in self.path.glob("*.log"))
+            return self.free_bytes() >= wal + REOPEN_HEADROOM
+        except OSError:
+            return False
+
+    # A reopen clears a background error RocksDB does not resume from by
+    # itself. In two steps, each on the loop thread and quick, so no request
+    # sees a half-swapped store; the slow closes happen on a helper thread
+    # (zizq.store.handles.close_handles) in between and after.
+
+    def detach_failed(self) -> Handles:
+        """Step 1: serve reads from a read-only instance; returns the failed set to close.
+
+        Raises StoreUnavailable (and changes nothing) if even that cannot open.
+        """
+        read_only = self._open(read_only=True)
+        failed = self._handles
+        self.generation += 1
+        self._install(read_only)
+        return failed
+
+    def attach_writable(self) -> Handles:
+        """Step 2, once the failed set is closed: open for writing; returns the read-only set.
+
+        Raises StoreUnavailable if the open fails (reads stay on the read-only
+        instance; try again later). A successful open clears `failure`.
+        """
+        writable = self._open()
+        read_only = self._handles
+        self.generation += 1
+        self._install(writable)
+        if not self.probe():
+            raise StoreUnavailable(self.failure or "the store cannot write after reopening")
+        return read_only
 
     def close(self) -> None:
-        self.db.flush_wal(True)
-        self.db.close()
+        if not self.writable:
+            close_handles(self._handles)
+            return
+        try:
+            self.db.flush_wal(True)
+            self.db.close()
+        except Exception as exc:
+            # A failed store still closes: acknowledged writes are in the WAL
+            # already and are replayed at the next start.
+            logger.warning("closed a failed store: %s", exc)

@@ -45,9 +45,28 @@ def error_key_range(job_id: str) -> tuple[bytes, bytes]:
     return prefix + b"\x00\x00\x00\x00", prefix + b"\xff\xff\xff\xff\xff"
 
 
-@functools.lru_cache(maxsize=16384)  # few distinct queues/types/statuses, used per job write
+MAX_INDEX_VALUE_BYTES = 0xFFFF  # the length prefix is 2 bytes
+_CACHED_VALUE_CHARS = 256  # at most 1 KiB of UTF-8: what a valid queue or type name can be
+
+
 def index_prefix(tag: bytes, value: str) -> bytes:
+    # Names of jobs are few and reused per job write, so their prefixes are
+    # cached; only short values are, so the cache holds a few MiB at most
+    # whatever values pass through (a filter, a record from an older version).
+    if len(value) <= _CACHED_VALUE_CHARS:
+        return _cached_prefix(tag, value)
+    return _prefix(tag, value)
+
+
+@functools.lru_cache(maxsize=4096)
+def _cached_prefix(tag: bytes, value: str) -> bytes:
+    return _prefix(tag, value)
+
+
+def _prefix(tag: bytes, value: str) -> bytes:
     raw = value.encode("utf-8")
+    if len(raw) > MAX_INDEX_VALUE_BYTES:
+        raise ValueError(f"index value of {len(raw)} bytes exceeds {MAX_INDEX_VALUE_BYTES}")
     return tag + len(raw).to_bytes(2, "big") + raw
 
 
