@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from zizq.queue import Conflict, Engine, EngineSettings, InvalidInput, NotFound
-from zizq.queue.engine import BULK_SLICE
+from zizq.queue.control import BULK_SLICE
 from zizq.queue.patch import parse_patch
 from zizq.queue.query import JobFilter, PayloadFilter, Range, parse_range
 from zizq.queue.records import STATUSES, now_ms

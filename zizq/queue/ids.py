@@ -42,3 +42,8 @@ def new_id(now_ms: int) -> str:
     return format_id(
         int(_generator.generate_or_reset_core(now_ms, scru128.DEFAULT_ROLLBACK_ALLOWANCE))
     )
+
+
+def plausible_id(job_id: str) -> bool:
+    """Could this be one of our ids? (Anything else cannot name a stored job.)"""
+    return len(job_id) == 25 and job_id.isascii() and job_id.isalnum()

@@ -1,0 +1,307 @@
+"""Visibility and control: counting, listing, patching and deleting jobs by id or filter.
+
+A mixin of the Engine (which provides the store, the dispatcher, the commit
+queue and the in-memory indexes): these calls read far and write in slices,
+so they follow two rules of their own.
+- Walks (index scans, jq in its sandbox) run on the query pool's threads;
+  what they found is re-read on the loop before anything is written, and
+  there is no await between that re-read and the write.
+- A change never starts from a stale record: a job whose ack or failure is
+  still being written is waited for (`_current`), and `reset` lets every
+  write already handed to the commit thread land first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from typing import TYPE_CHECKING
+
+from zizq.queue.errors import Conflict, NotFound
+from zizq.queue.ids import plausible_id
+from zizq.queue.pacing import let_requests_in
+from zizq.queue.patch import JobPatch, apply_patch
+from zizq.queue.query import JobFilter, JobQuery, Page, take_page
+from zizq.queue.records import IN_FLIGHT, TERMINAL, is_purged, now_ms, public_view
+from zizq.store import CommitMode, WriteBatch, index_key_of
+
+if TYPE_CHECKING:
+    from zizq.queue.engine import Engine
+
+logger = logging.getLogger("zizq.engine")
+
+BULK_SLICE = 250  # jobs changed per write batch by a bulk patch or delete
+
+
+class JobControl:
+    """Engine calls behind GET/PATCH/DELETE /jobs, /jobs/count, /queues, errors and reset."""
+
+    async def _reap_due(self: Engine) -> None:
+        """Remove expired jobs now, so counters never count a job that is already invisible."""
+        if self.reaper.anything_due():
+            try:
+                await self.reaper.reap()
+            except Exception as exc:  # the store refuses writes: still answer the read
+                logger.warning("could not remove expired jobs before a count: %s", exc)
+
+    async def count(self: Engine, job_filter: JobFilter) -> int:
+        await self._reap_due()
+        query = JobQuery(self.store, job_filter, self.jq)
+        if job_filter.only_counted_dimensions:
+            return query.count()
+        if job_filter.payload is not None:
+            await job_filter.payload.acheck(self.jq)  # 400 for invalid jq before any scan
+        return await self.query_pool.run(query.count)  # a scan: keep the loop serving meanwhile
+
+    async def queues(self: Engine) -> list[str]:
+        await self._reap_due()
+        return sorted({queue for queue, _, _ in self.store.counts})
+
+    async def list_jobs(
+        self: Engine,
+        job_filter: JobFilter,
+        limit: int,
+        order_desc: bool,
+        after: str | None,
+        before: str | None,
+    ) -> Page:
+        query = JobQuery(self.store, job_filter, self.jq)
+        if job_filter.payload is not None:
+            await job_filter.payload.acheck(self.jq)  # 400 for invalid jq before any scan
+        # A filter may scan far (a jq filter that matches little): do it off the loop.
+        page = await self.query_pool.run(
+            take_page,
+            lambda cursor: query.matches(cursor, order_desc),
+            lambda cursor: query.matches(cursor, not order_desc),
+            limit,
+            after,
+            before,
+        )
+        payloads = self.store.get_payloads([job_id for job_id, _ in page.items])
+        page.items = [
+            (job_id, record, payload)
+            for (job_id, record), payload in zip(page.items, payloads, strict=True)
+        ]
+        return page
+
+    def list_errors(
+        self: Engine,
+        job_id: str,
+        limit: int,
+        order_desc: bool,
+        after: int | None,
+        before: int | None,
+    ) -> Page:
+        self.get_job(job_id)  # 404 for an unknown job
+        store = self.store
+        return take_page(
+            lambda cursor: store.iter_errors(job_id, cursor, order_desc),
+            lambda cursor: store.iter_errors(job_id, cursor, not order_desc),
+            limit,
+            after,
+            before,
+        )
+
+    def get_error(self: Engine, job_id: str, attempt: int) -> dict:
+        self.get_job(job_id)
+        error = self.store.get_error(job_id, attempt)
+        if error is None:
+            raise NotFound(f"job has no error for attempt {attempt}")
+        return error
+
+    def _write_visible(self: Engine, batch: WriteBatch) -> None:
+        """Commit a change to jobs other requests can see, without yielding.
+
+        Patches and deletes touch jobs that the dispatcher, scheduler and acks
+        may touch too; committing before the next await means no one reads the
+        old record in between. In fsync mode this syncs on the loop thread,
+        which is acceptable for these rare administrative writes.
+        """
+        self.store.write(batch, sync=self.settings.default_commit_mode is CommitMode.FSYNC)
+
+    async def _current(self: Engine, job_id: str) -> dict | None:
+        """The record the next change of this job must start from.
+
+        An in-flight job's live record is the dispatcher's copy. A job that is
+        in flight on disk but held by no stream has an ack or failure on its
+        way to disk: wait for it once, so we never act on the old state.
+        """
+        for _ in range(2):
+            entry = self.dispatcher.in_flight.get(job_id)
+            if entry is not None:
+                return entry.record
+            record = self.store.get_job(job_id)
+            if record is None or record["status"] != IN_FLIGHT or not self.committer.outstanding:
+                return record
+            await self.committer.drain()
+        return record
+
+    def _patched(
+        self: Engine, batch: WriteBatch, job_id: str, record: dict, patch: JobPatch, now: int
+    ) -> dict:
+        """Add the patched copy of a record to the batch; the original stays untouched."""
+        changed = dict(record)
+        apply_patch(changed, patch, now)
+        batch.put_job(job_id, changed, index_key_of(record))
+        return changed
+
+    def _patches_landed(self: Engine, patched: list[tuple[str, dict]]) -> None:
+        for job_id, record in patched:
+            entry = self.dispatcher.in_flight.get(job_id)
+            if entry is not None:
+                entry.record = record  # the copy the ack or failure will write back
+            else:
+                self._index_waiting(job_id, record)
+        self._after_index_change()
+
+    def _deletes_landed(self: Engine, job_ids: list[str]) -> None:
+        for job_id in job_ids:
+            self.dispatcher.drop(job_id)  # frees its stream's slot; a later ack gets 404
+            self._orphans.pop(job_id, None)
+
+    async def patch_job(self: Engine, job_id: str, patch: JobPatch) -> dict:
+        await self._writes_open()
+        record = await self._current(job_id) if plausible_id(job_id) else None
+        if record is None or is_purged(record, now_ms()):
+            raise NotFound("job not found")
+        if record["status"] in TERMINAL:
+            raise Conflict(f"job is {record['status']} and can no longer be changed")
+        batch = self.store.batch()
+        changed = self._patched(batch, job_id, record, patch, now_ms())
+        self._write_visible(batch)  # raises before anything in memory changed
+        self._patches_landed([(job_id, changed)])
+        return public_view(job_id, changed)
+
+    async def delete_job(self: Engine, job_id: str) -> None:
+        await self._writes_open()
+        record = await self._current(job_id) if plausible_id(job_id) else None
+        if record is None or is_purged(record, now_ms()):
+            raise NotFound("job not found")
+        batch = self.store.batch()
+        batch.delete_job(job_id, index_key_of(record))
+        self._write_visible(batch)
+        self._deletes_landed([job_id])
+
+    async def _matching_slices(self: Engine, job_filter: JobFilter):
+        """Yield the current (id, record) of the jobs matching a filter, a slice at a time.
+
+        The walk (index scans, jq in its sandbox) runs on a worker thread. Each
+        slice is then re-read on the loop: a job may have changed while the
+        walk ran, and only its current record may be written back. Between
+        receiving a slice and the caller's write there is no await, so the
+        slice is applied to exactly the state it was checked against.
+        """
+        seen: set[str] = set()  # each job once, even if it moved between index walks
+        matches = JobQuery(self.store, job_filter, self.jq).matches()
+        exhausted = False
+        while not exhausted:
+            await self._writes_open()
+            found, exhausted = await self.query_pool.run(_next_slice, matches, seen)
+            if self.committer.outstanding and any(
+                record["status"] == IN_FLIGHT and job_id not in self.dispatcher.in_flight
+                for job_id, record in found
+            ):
+                await self.committer.drain()  # acks of some of these are being written
+            now = now_ms()
+            current = []
+            for job_id, _ in found:
+                entry = self.dispatcher.in_flight.get(job_id)
+                record = entry.record if entry is not None else self.store.get_job(job_id)
+                if (
+                    record is not None
+                    and not is_purged(record, now)
+                    and job_filter.matches_record(record)
+                ):
+                    current.append((job_id, record))  # the jq verdict holds: payloads never change
+            yield current
+            await let_requests_in()
+
+    async def patch_jobs(self: Engine, job_filter: JobFilter, patch: JobPatch) -> int:
+        if job_filter.statuses is not None and job_filter.statuses & TERMINAL:
+            raise Conflict("status: completed and dead jobs cannot be patched")
+        total = 0
+        async for found in self._matching_slices(job_filter):
+            now = now_ms()
+            batch = self.store.batch()
+            changed = [
+                (job_id, self._patched(batch, job_id, record, patch, now))
+                for job_id, record in found
+                if record["status"] not in TERMINAL  # skipped silently unless asked for by status
+            ]
+            if changed:
+                self._write_visible(batch)
+                self._patches_landed(changed)
+                total += len(changed)
+        return total
+
+    async def delete_jobs(self: Engine, job_filter: JobFilter) -> int:
+        if _selects_everything(job_filter):
+            return await self.reset()
+        total = 0
+        async for found in self._matching_slices(job_filter):
+            if not found:
+                continue
+            batch = self.store.batch()
+            for job_id, record in found:
+                batch.delete_job(job_id, index_key_of(record))
+            self._write_visible(batch)
+            self._deletes_landed([job_id for job_id, _ in found])
+            total += len(found)
+        if self.maintenance is not None:
+            self.maintenance.note_deleted(total)
+        return total
+
+    async def reset(self: Engine) -> int:
+        """Delete every job (in flight too) in one atomic batch; returns how many there were.
+
+        Every write handed to the commit thread before the reset lands first
+        (new writes wait meanwhile), so none of them can outlive the reset or
+        leave the counters counting jobs the store no longer holds.
+        """
+        await self._writes_open()
+        gate = asyncio.get_running_loop().create_future()
+        self._reset_gate = gate
+        try:
+            await self.committer.drain()
+            total = sum(self.store.counts.values())
+            batch = self.store.batch()
+            batch.delete_everything()
+            self._write_visible(batch)
+            self.dispatcher.drop_all()
+            self.ready.clear()
+            self.scheduler.due.clear()
+            self.reaper.due.clear()
+            self._orphans.clear()
+        finally:
+            self._reset_gate = None
+            gate.set_result(None)
+        if self.maintenance is not None:
+            self.maintenance.note_deleted(total)
+        return total
+
+
+def _next_slice(matches, seen: set[str]) -> tuple[list[tuple[str, dict]], bool]:
+    """Up to BULK_SLICE new matches (examining at most 4x that); True when the walk is over.
+
+    Runs on a worker thread; the generator is only ever advanced by one thread at a time.
+    """
+    found: list[tuple[str, dict]] = []
+    for examined, (job_id, record) in enumerate(matches, 1):
+        if job_id in seen:
+            continue
+        seen.add(job_id)
+        found.append((job_id, record))
+        if len(found) >= BULK_SLICE or examined >= 4 * BULK_SLICE:
+            return found, False
+    return found, True
+
+
+def _selects_everything(job_filter: JobFilter) -> bool:
+    """True only when no filter at all was given (every field, the jq filter included, unset).
+
+    Checked field by field rather than by equality with JobFilter(): the jq
+    filter does not take part in equality, and a filter holding only a jq
+    expression must never be mistaken for "every job".
+    """
+    return all(getattr(job_filter, f.name) is None for f in dataclasses.fields(job_filter))
