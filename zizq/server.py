@@ -22,7 +22,7 @@ from zizq.listener import Listener, ListenError, connection_limits, raise_open_f
 from zizq.logs import configure_logging, log_event
 from zizq.queue import Engine, EngineSettings
 from zizq.queue.maintenance import Maintenance
-from zizq.store import Store
+from zizq.store import Store, StoreError
 
 logger = logging.getLogger("zizq.server")
 
@@ -138,6 +138,8 @@ async def serve(config: ServeConfig) -> int:
         log_event(logger, logging.INFO, "shutting down")
     except ListenError as exc:
         return _fail(str(exc))
+    except StoreError as exc:  # e.g. the start-up requeue of in-flight jobs on a full disk
+        return _fail(f"cannot start on the store in '{config.root_dir}': {exc}")
     finally:
         # Streams end first (their jobs go back to ready), then the listeners, then the store.
         if engine_started:
