@@ -113,12 +113,26 @@ def test_retry_limit_then_dead(server, json_api):
     with TakeStream(server.url, queues="limit") as stream:
         assert stream.next_job(5)["id"] == job["id"]
         _fail_until(json_api, stream, job["id"], 2)
-        body = fail(json_api, job["id"], retry_at=now_ms() - 1)
+        body = fail(json_api, job["id"])
         assert body["status"] == "dead" and body["attempts"] == 3, body
         stream.expect_no_job(0.3)
     stored = get_job(json_api, job["id"])
     assert stored["status"] == "dead" and stored["attempts"] == 3
     assert stored["failed_at"] == body["failed_at"]
+
+
+def test_explicit_retry_at_retries_even_past_the_retry_limit(server, json_api):
+    # The reference (src/store/fail.rs) checks retry_at before the retry limit: the
+    # caller asked for another attempt, so it gets one.
+    job = json_api.enqueue("limit-at", "t", {}, retry_limit=0)
+    with TakeStream(server.url, queues="limit-at") as stream:
+        assert stream.next_job(5)["id"] == job["id"]
+        body = fail(json_api, job["id"], retry_at=now_ms() - 1)
+        assert body["status"] == "ready" and body["attempts"] == 1, body
+        again = stream.next_job(5)
+        assert again["id"] == job["id"] and again["attempts"] == 1
+        body = fail(json_api, job["id"])
+        assert body["status"] == "dead" and body["attempts"] == 2, body
 
 
 def test_default_retry_limit_flag(start_server):

@@ -24,7 +24,7 @@ from zizq.queue.pacing import let_requests_in
 from zizq.queue.patch import JobPatch, apply_patch
 from zizq.queue.query import JobFilter, JobQuery, Page, take_page
 from zizq.queue.records import IN_FLIGHT, TERMINAL, is_purged, now_ms, public_view
-from zizq.store import CommitMode, WriteBatch, index_key_of
+from zizq.store import CommitMode, Store, WriteBatch, index_key_of
 
 if TYPE_CHECKING:
     from zizq.queue.engine import Engine
@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger("zizq.engine")
 
 BULK_SLICE = 250  # jobs changed per write batch by a bulk patch or delete
+PAGE_PAYLOAD_BYTES = 16 * 1024 * 1024  # payload bytes one listing page may carry
+PAYLOAD_READ_CHUNK = 16  # payloads read per multi-get while building a page
 
 
 class JobControl:
@@ -78,12 +80,7 @@ class JobControl:
             after,
             before,
         )
-        payloads = self.store.get_payloads([job_id for job_id, _ in page.items])
-        page.items = [
-            (job_id, record, payload)
-            for (job_id, record), payload in zip(page.items, payloads, strict=True)
-        ]
-        return page
+        return await self.query_pool.run(_attach_payloads, self.store, page, before is not None)
 
     def list_errors(
         self: Engine,
@@ -279,6 +276,40 @@ class JobControl:
         if self.maintenance is not None:
             self.maintenance.note_deleted(total)
         return total
+
+
+def _attach_payloads(store: Store, page: Page, backward: bool) -> Page:
+    """Read each listed job's payload, ending the page early past PAGE_PAYLOAD_BYTES.
+
+    A page of 2,000 jobs with 4 MiB payloads would otherwise hold 8 GB in one
+    response. The page keeps the jobs nearest its cursor (its end when paging
+    back with `before`) and its cursor links lead to the jobs left out, so
+    paging still visits every job exactly once.
+    """
+    listed = page.items[::-1] if backward else page.items
+    kept: list[tuple] = []
+    total = 0
+    shortened = False
+    for start in range(0, len(listed), PAYLOAD_READ_CHUNK):
+        chunk = listed[start : start + PAYLOAD_READ_CHUNK]
+        payloads = store.get_payloads([job_id for job_id, _ in chunk])
+        for (job_id, record), payload in zip(chunk, payloads, strict=True):
+            size = len(payload or b"")
+            if kept and total + size > PAGE_PAYLOAD_BYTES:
+                shortened = True
+                break
+            total += size
+            kept.append((job_id, record, payload))
+        if shortened:
+            break
+    if backward:
+        kept.reverse()
+        if shortened:
+            page.prev_before = kept[0][0]
+    elif shortened:
+        page.next_after = kept[-1][0]
+    page.items = kept
+    return page
 
 
 def _next_slice(matches, seen: set[str]) -> tuple[list[tuple[str, dict]], bool]:

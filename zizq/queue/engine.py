@@ -390,7 +390,8 @@ class Engine(JobControl):
         batch = self.store.batch()
         batch.put_error(job_id, attempts, error)
         retry_limit = record.get("retry_limit", self.settings.default_retry_limit)
-        if failure.kill or attempts > retry_limit:
+        # An explicit retry_at is the caller's decision: it retries even past the limit.
+        if failure.kill or (failure.retry_at is None and attempts > retry_limit):
             finished = self._finish(batch, job_id, record, DEAD, now)
             if finished is None:
                 record["status"] = DEAD
