@@ -24,7 +24,7 @@ from zizq.queue.pacing import let_requests_in
 from zizq.queue.patch import JobPatch, apply_patch
 from zizq.queue.query import JobFilter, JobQuery, Page, take_page
 from zizq.queue.records import IN_FLIGHT, TERMINAL, is_purged, now_ms, public_view
-from zizq.store import CommitMode, Store, WriteBatch, index_key_of
+from zizq.store import Store, WriteBatch, index_key_of
 
 if TYPE_CHECKING:
     from zizq.queue.engine import Engine
@@ -115,7 +115,7 @@ class JobControl:
         old record in between. In fsync mode this syncs on the loop thread,
         which is acceptable for these rare administrative writes.
         """
-        self.store.write(batch, sync=self.settings.default_commit_mode is CommitMode.FSYNC)
+        self.store.write(batch)  # synced in the fsync commit mode (Store.sync_writes)
 
     async def _current(self: Engine, job_id: str) -> dict | None:
         """The record the next change of this job must start from.

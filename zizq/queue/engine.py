@@ -91,6 +91,7 @@ class Engine(JobControl):
         self.store = store
         self.settings = settings
         self.committer = Committer(store)
+        store.sync_writes = settings.default_commit_mode is CommitMode.FSYNC
         self.ready = ReadyIndex()
         self.dispatcher = Dispatcher(store, self.ready, settings.global_in_flight_limit)
         self.scheduler = Scheduler(store, self.ready, self.dispatcher)

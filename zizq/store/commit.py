@@ -87,7 +87,7 @@ class Committer:
         sync = mode is CommitMode.FSYNC
         if not sync and batch.count < OFFLOAD_MIN_WRITES:
             try:
-                self._store.write(batch)
+                self._store.write(batch, sync=False)
             except BaseException:
                 _run(failed)
                 raise

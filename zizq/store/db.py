@@ -163,6 +163,9 @@ class Store:
         # Jobs per (queue, type, status), kept exact by every committed batch;
         # they answer counts and GET /queues without touching the disk.
         self.counts: Counter[IndexKey] = Counter()
+        # In the fsync commit mode every write is synced before it counts as done
+        # (dispatch, requeues, promotions, reaping too), as the reference does.
+        self.sync_writes = False
         # Why writes fail right now (None: healthy). Set from any thread.
         self.failure: str | None = None
         self.failed_at: float | None = None  # time.monotonic() of the first failed write
@@ -285,8 +288,9 @@ class Store:
             else:
                 del counts[key]
 
-    def write(self, batch: WriteBatch, sync: bool = False) -> None:
-        self.write_raw(batch, sync)
+    def write(self, batch: WriteBatch, sync: bool | None = None) -> None:
+        """Write and count a batch; `sync` defaults to `sync_writes` (the fsync commit mode)."""
+        self.write_raw(batch, self.sync_writes if sync is None else sync)
         self.applied(batch)
 
     # -- reads ----------------------------------------------------------
