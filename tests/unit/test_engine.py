@@ -96,8 +96,12 @@ def test_dead_after_retry_limit(make_engine, run):
     retried = run(engine.fail(job["id"], FailureSpec(message="1", retry_at=0)))
     assert retried["status"] == "ready" and retried["attempts"] == 1
     run(take(consumer))
-    dead = run(engine.fail(job["id"], FailureSpec(message="2", retry_at=0)))
-    assert dead["status"] == "dead" and dead["attempts"] == 2
+    # retry_at is the caller's decision: it retries even past the limit (as the reference).
+    again = run(engine.fail(job["id"], FailureSpec(message="2", retry_at=0)))
+    assert again["status"] == "ready" and again["attempts"] == 2
+    run(take(consumer))
+    dead = run(engine.fail(job["id"], FailureSpec(message="3")))
+    assert dead["status"] == "dead" and dead["attempts"] == 3
 
 
 def test_kill_and_retry_at(make_engine, run, store):

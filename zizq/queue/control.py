@@ -230,6 +230,8 @@ class JobControl:
                 self._write_visible(batch)
                 self._patches_landed(changed)
                 total += len(changed)
+        if self.maintenance is not None:
+            self.maintenance.note_patched(total)  # rewritten records leave garbage too
         return total
 
     async def delete_jobs(self: Engine, job_filter: JobFilter) -> int:
