@@ -1,9 +1,13 @@
-"""Logging setup for `zizq serve`: pretty or JSON lines, to stdout or rotating files.
+"""Logging setup for `zizq serve`: pretty, compact or JSON lines, to stdout or rotating files.
 
 Code logs through the stdlib `logging` module. Structured key/value data travels in the
-record's `fields` attribute (see `log_event`) so that both formats can render it: the pretty
-format appends `key=value` pairs, the JSON format nests them under `"fields"`, which is what
-scripts parse to find, for example, the port a listener bound.
+record's `fields` attribute (see `log_event`) so that every format can render it: the pretty
+and compact formats append `key=value` pairs, the JSON format nests them under `"fields"`,
+which is what scripts parse to find, for example, the port a listener bound.
+
+The formats mirror the reference's: `compact` is one plain line per record; `pretty` is the
+same line, coloured when it goes to a terminal; with no `--log-format`, a terminal gets
+`pretty` and anything else (a pipe, a file) gets `compact`.
 """
 
 from __future__ import annotations
@@ -25,14 +29,20 @@ import orjson
 from zizq.config import ServeConfig
 
 __all__ = [
+    "LOG_FORMATS",
     "TRACE",
+    "CompactFormatter",
     "JsonFormatter",
     "PrettyFormatter",
     "SizeAndTimeRotatingFileHandler",
     "configure_logging",
+    "effective_log_format",
+    "is_terminal",
     "log_event",
     "parse_log_level",
 ]
+
+LOG_FORMATS = ("pretty", "compact", "json")
 
 # Finer than DEBUG, for per-request chatter nobody wants by default.
 TRACE = logging.DEBUG - 5
@@ -100,12 +110,48 @@ def _exception_text(record: logging.LogRecord) -> str | None:
     return None
 
 
-class PrettyFormatter(logging.Formatter):
-    """`<timestamp> <LEVEL> <logger>: <message> key=value ...` for humans."""
+class CompactFormatter(logging.Formatter):
+    """`<timestamp> <LEVEL> <logger>: <message> key=value ...`, one plain line per record."""
 
     def format(self, record: logging.LogRecord) -> str:
         pairs = "".join(f" {key}={value}" for key, value in _fields(record).items())
         line = f"{_timestamp(record)} {_label(record):>5} {record.name}: {record.getMessage()}"
+        exc = _exception_text(record)
+        return f"{line}{pairs}\n{exc}" if exc else f"{line}{pairs}"
+
+
+# ANSI styles of the pretty format on a terminal: dim timestamps and logger names, a
+# colour per level, italic field names.
+_DIM, _ITALIC, _RESET = "\x1b[2m", "\x1b[3m", "\x1b[0m"
+_LEVEL_COLOURS: dict[str, str] = {
+    "TRACE": "\x1b[35m",
+    "DEBUG": "\x1b[34m",
+    "INFO": "\x1b[32m",
+    "WARN": "\x1b[33m",
+    "ERROR": "\x1b[31m",
+}
+
+
+class PrettyFormatter(logging.Formatter):
+    """The compact line for humans, in colour when `colour` is set (a terminal)."""
+
+    def __init__(self, colour: bool = False) -> None:
+        super().__init__()
+        self.colour = colour
+        self._compact = CompactFormatter()
+
+    def format(self, record: logging.LogRecord) -> str:
+        if not self.colour:
+            return self._compact.format(record)
+        label = _label(record)
+        level = f"{_LEVEL_COLOURS.get(label, '')}{label:>5}{_RESET}"
+        pairs = "".join(
+            f" {_ITALIC}{key}{_RESET}={value}" for key, value in _fields(record).items()
+        )
+        line = (
+            f"{_DIM}{_timestamp(record)}{_RESET} {level} {_DIM}{record.name}:{_RESET} "
+            f"{record.getMessage()}"
+        )
         exc = _exception_text(record)
         return f"{line}{pairs}\n{exc}" if exc else f"{line}{pairs}"
 
@@ -166,6 +212,33 @@ class SizeAndTimeRotatingFileHandler(RotatingFileHandler):
         self.next_rollover = _next_boundary(time.time(), self.rotation)
 
 
+def is_terminal(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
+
+
+def effective_log_format(config: ServeConfig) -> str:
+    """The format in use: the configured one, else `pretty` on a terminal, `compact` otherwise.
+
+    Log files are never a terminal, so they get `compact` by default.
+    """
+    if config.log_format is not None:
+        return config.log_format
+    return "pretty" if config.log_dir is None and is_terminal(sys.stdout) else "compact"
+
+
+def _formatter(config: ServeConfig) -> logging.Formatter:
+    chosen = effective_log_format(config)
+    if chosen == "json":
+        return JsonFormatter()
+    if chosen == "pretty":
+        # Colour only where a human reads it: a terminal, never a file or a pipe.
+        return PrettyFormatter(colour=config.log_dir is None and is_terminal(sys.stdout))
+    return CompactFormatter()
+
+
 def _make_handler(config: ServeConfig) -> logging.Handler:
     if config.log_dir is None:
         # StreamHandler flushes after every record, so piped output is never held back.
@@ -184,7 +257,7 @@ def configure_logging(config: ServeConfig) -> None:
     level = parse_log_level(config.log_level)
     logging.addLevelName(TRACE, "TRACE")
     handler = _make_handler(config)
-    handler.setFormatter(JsonFormatter() if config.log_format == "json" else PrettyFormatter())
+    handler.setFormatter(_formatter(config))
     setattr(handler, _OWNED_ATTR, True)
 
     root = logging.getLogger()

@@ -19,7 +19,7 @@ from zizq.api.app import create_admin_app, create_primary_app
 from zizq.config import ServeConfig
 from zizq.connections import ConnectionTracker
 from zizq.listener import Listener, ListenError, connection_limits, raise_open_file_limit
-from zizq.logs import configure_logging, log_event
+from zizq.logs import configure_logging, effective_log_format, is_terminal, log_event
 from zizq.queue import Engine, EngineSettings
 from zizq.queue.maintenance import Maintenance
 from zizq.store import Store, StoreError
@@ -30,10 +30,57 @@ SHUTDOWN_GRACE_S = 3.0
 
 
 def _announce(api: str, address: tuple[str, int]) -> None:
+    """The listener's log line (scripts read its port there) and the human line on stderr.
+
+    The human lines go to stderr so that stdout carries log records only: with
+    `--log-format json` every stdout line is one JSON object.
+    """
     host, port = address
     shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     log_event(logger, logging.INFO, f"{api} API listening", api=api, addr=shown, scheme="http")
-    print(f"Listening on http://{shown} ({api})", flush=True)
+    print(f"Listening on http://{shown} ({api})", file=sys.stderr, flush=True)
+
+
+def _log_startup(config: ServeConfig) -> None:
+    """The tier and the effective configuration, once, before the store is opened."""
+    tier = "free"  # licenses are not checked by this build yet: every server is free tier
+    if config.license_key is None:
+        log_event(logger, logging.INFO, "no license key provided, running in free tier")
+    else:
+        log_event(
+            logger,
+            logging.WARNING,
+            "license keys are not supported by this build yet, running in free tier",
+        )
+    backoff = config.default_backoff
+    log_event(
+        logger,
+        logging.INFO,
+        "configuration",
+        version=__version__,
+        tier=tier,
+        root_dir=str(config.root_dir),
+        default_commit_mode=config.default_commit_mode,
+        enqueue_commit_mode=config.enqueue_commit_mode,
+        global_in_flight_limit=config.global_in_flight_limit,
+        default_retry_limit=config.default_retry_limit,
+        default_backoff_base_ms=backoff.base_ms,
+        default_backoff_exponent=backoff.exponent,
+        default_backoff_jitter_ms=backoff.jitter_ms,
+        completed_retention_ms=config.default_completed_retention_ms,
+        dead_retention_ms=config.default_dead_retention_ms,
+        heartbeat_interval_ms=config.heartbeat_interval_ms,
+        idle_timeout_ms=config.idle_timeout_ms,
+        reaper_check_interval_ms=config.reaper_check_interval_ms,
+        cache_size=config.cache_size,
+        jq_time_limit_ms=config.jq_time_limit_ms,
+        jq_memory_limit=config.jq_memory_limit,
+        auto_compact_threshold=config.auto_compact_threshold,
+        admin_api=config.admin_enabled,
+        log_format=effective_log_format(config),
+        log_level=config.log_level,
+        log_dir=str(config.log_dir) if config.log_dir is not None else "stdout",
+    )
 
 
 class StartupError(Exception):
@@ -84,7 +131,7 @@ async def serve(config: ServeConfig) -> int:
         return _fail(str(exc))
     log_event(logger, logging.INFO, "store opened", root_dir=str(config.root_dir))
     engine = Engine(store, EngineSettings.from_config(config))
-    maintenance = Maintenance(store, __version__)
+    maintenance = Maintenance(store, __version__, config.auto_compact_threshold)
     maintenance.remove_stale_backups()  # left behind if a previous server died mid-backup
     engine.maintenance = maintenance
     maintenance.watch_store()  # a failed write (disk full) is retried until writes land
@@ -152,13 +199,22 @@ async def serve(config: ServeConfig) -> int:
 
 
 def run(config: ServeConfig) -> int:
+    # The banner is for a human watching a terminal (as in the reference); in a pipe,
+    # stderr stays one `Error: ...` line when start-up fails. stdout is for log records.
+    if is_terminal(sys.stderr):
+        print(f"Zizq {__version__}", file=sys.stderr, flush=True)
     try:
         configure_logging(config)
     except OSError as exc:
-        return _fail(f"--log-dir {str(config.log_dir)!r} is not writable: {_reason(exc)}")
-    print(f"Zizq {__version__}", flush=True)
+        flag = "--log-to-disk" if config.log_dir == config.root_dir / "log" else "--log-dir"
+        return _fail(f"{flag} {str(config.log_dir)!r} is not writable: {_reason(exc)}")
+    _log_startup(config)
     try:
         import uvloop
     except ImportError:  # Windows has no uvloop; the default loop works, only slower
-        return asyncio.run(serve(config))
-    return uvloop.run(serve(config))
+        code = asyncio.run(serve(config))
+    else:
+        code = uvloop.run(serve(config))
+    if code == 0:
+        print("Server stopped.", file=sys.stderr, flush=True)
+    return code

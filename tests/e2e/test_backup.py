@@ -463,13 +463,15 @@ def compactions(server: ZizqServer) -> int:
     return sum("compaction finished" in line for line in server.lines)
 
 
-def test_compact_and_auto_compaction_after_deleting_100k_jobs(server):
+def test_compact_and_auto_compaction_after_deleting_100k_jobs(start_server):
     """`zizq compact` frees the space of deleted jobs; 100,000 bulk-deleted jobs do it alone.
 
-    The server compacts by itself once 100,000 jobs were removed by bulk deletes, so the
-    explicit command is shown just below that threshold (99,000 jobs), where its before
-    and after figures are its own; then 100,000 more deletions trigger the automatic one.
+    With --auto-compact-threshold 100000 (the default is 10,000) the server compacts by
+    itself once 100,000 jobs were removed by bulk deletes, so the explicit command is
+    shown just below that threshold (99,000 jobs), where its before and after figures are
+    its own; then 100,000 more deletions trigger the automatic one.
     """
+    server = start_server("--auto-compact-threshold", "100000")
     with Api(server.url) as api:
         bulk_enqueue(api, "kept", 1000, {"pad": "k" * 100})
         bulk_enqueue(api, "doomed", 99_000, {"pad": "d" * 100})

@@ -23,11 +23,13 @@ SERVE_FLAGS = [
     "--no-admin",
     "--log-format",
     "--log-level",
+    "--log-to-disk",
     "--log-dir",
     "--log-rotation",
     "--log-max-size",
     "--log-max-files",
     "--heartbeat-interval",
+    "--idle-timeout",
     "--global-in-flight-limit",
     "--default-retry-limit",
     "--default-backoff-base",
@@ -39,6 +41,9 @@ SERVE_FLAGS = [
     "--default-commit-mode",
     "--enqueue-commit-mode",
     "--cache-size",
+    "--jq-time-limit",
+    "--jq-memory-limit",
+    "--auto-compact-threshold",
 ]
 
 BACKOFF_ENV = {
@@ -96,12 +101,22 @@ def test_version() -> None:
     assert result.output == f"zizq {zizq.__version__}\n"
 
 
+def test_short_version_flag() -> None:
+    # Reference: src/main.rs (clap `version` gives -V, --version).
+    result = invoke(["-V"])
+    assert result.exit_code == 0
+    assert result.output == f"zizq {zizq.__version__}\n"
+
+
 def test_group_help_lists_serve_and_globals() -> None:
     result = invoke(["--help"])
     assert result.exit_code == 0
     text = flat(result.output)
-    assert "serve" in text
+    for command in ("serve", "backup", "restore", "compact"):
+        assert command in text
     assert "ZIZQ_ROOT_DIR" in text and "ZIZQ_LICENSE_KEY" in text
+    assert "-k, --license-key" in text and "-V, --version" in text
+    assert "zizq --port 0" in text  # says serve's flags work without naming it
 
 
 def test_serve_help_lists_every_flag_and_env_var() -> None:
@@ -116,6 +131,71 @@ def test_serve_help_lists_every_flag_and_env_var() -> None:
 def test_envvar_names_are_exact() -> None:
     assert serve_module.envvar_for("--default-backoff-base") == "ZIZQ_DEFAULT_BACKOFF_BASE"
     assert serve_module.envvar_for("--no-admin") == "ZIZQ_NO_ADMIN"
+
+
+# --- serve is the default command ------------------------------------------------------
+# Reference: src/main.rs `Command` is optional and `None` runs `serve::run`; the docs
+# (docs/cli/src/serve.md) show serve's flags. Ours also routes them without `serve`.
+
+
+@pytest.mark.parametrize(
+    ("args", "root_dir", "port", "host"),
+    [
+        (["--port", "0"], "./zizq-root", 0, "127.0.0.1"),
+        (["--port=0"], "./zizq-root", 0, "127.0.0.1"),
+        (["--root-dir", "x", "--host", "0.0.0.0", "--port", "0"], "x", 0, "0.0.0.0"),
+        (["--root-dir=x", "--port", "5"], "x", 5, "127.0.0.1"),
+        (["--host", "::1", "--root-dir", "x"], "x", 7890, "::1"),
+        (["-k", "tok", "--port", "9"], "./zizq-root", 9, "127.0.0.1"),
+        (["-ktok", "--port", "9"], "./zizq-root", 9, "127.0.0.1"),
+        (["--license-key", "tok", "--no-admin"], "./zizq-root", 7890, "127.0.0.1"),
+        (["serve", "--port", "0"], "./zizq-root", 0, "127.0.0.1"),
+    ],
+)
+def test_serve_flags_work_without_naming_serve(
+    captured: list[ServeConfig], args: list[str], root_dir: str, port: int, host: str
+) -> None:
+    config = run_ok(args, captured)
+    assert (config.root_dir, config.port, config.host) == (Path(root_dir), port, host)
+
+
+def test_license_key_before_implicit_serve(captured: list[ServeConfig]) -> None:
+    config = run_ok(["-k", "tok", "--no-admin"], captured)
+    assert config.license_key == "tok" and config.admin_enabled is False
+
+
+def test_implicit_serve_flag_errors_name_the_flag(captured: list[ServeConfig]) -> None:
+    assert_usage_error(invoke(["--port", "x"]), "--port")
+    assert_usage_error(invoke(["--root-dir", "x", "--bogus"]), "--bogus")
+    assert captured == []
+
+
+def test_unknown_command_is_still_an_error(captured: list[ServeConfig]) -> None:
+    result = invoke(["frobnicate"])
+    assert result.exit_code == 2 and "No such command 'frobnicate'" in result.output
+    assert captured == []
+
+
+def test_help_after_serve_flags_is_serve_help() -> None:
+    result = invoke(["--port", "0", "--help"])
+    assert result.exit_code == 0
+    assert "Usage: zizq serve" in result.output and "--heartbeat-interval" in result.output
+
+
+@pytest.mark.parametrize("args", [["--help"], ["-h"], ["--root-dir", "x", "--help"]])
+def test_group_help_stays_the_group_help(args: list[str]) -> None:
+    result = invoke(args)
+    assert result.exit_code == 0
+    assert "Usage: zizq [OPTIONS] [COMMAND]" in result.output
+    assert "backup" in result.output
+
+
+def test_short_flags(captured: list[ServeConfig]) -> None:
+    # Reference: src/main.rs (-k, --license-key), src/commands/serve/mod.rs:124 (-l).
+    config = run_ok(["serve", "-k", "tok", "-l", "5"], captured)
+    assert config.license_key == "tok" and config.global_in_flight_limit == 5
+    captured.clear()
+    assert run_ok(["-l", "0"], captured).global_in_flight_limit == 0
 
 
 # --- defaults and values ---------------------------------------------------------------
@@ -154,7 +234,7 @@ def test_flags_are_parsed(captured: list[ServeConfig], tmp_path: Path) -> None:
             "--default-backoff-exponent", "3.75",
             "--default-backoff-jitter", "15s",
             "--default-completed-job-retention", "14d",
-            "--default-dead-job-retention", "90000000000y",
+            "--default-dead-job-retention", "292000000y",
             "--reaper-check-interval", "1m",
             "--default-commit-mode", "fsync",
             "--cache-size", "1GiB",
@@ -175,11 +255,84 @@ def test_flags_are_parsed(captured: list[ServeConfig], tmp_path: Path) -> None:
     assert config.default_retry_limit == 40
     assert config.default_backoff == BackoffPolicy(3000, 3.75, 15_000)
     assert config.default_completed_retention_ms == 14 * 86_400_000
-    assert config.default_dead_retention_ms == 90_000_000_000 * 365 * 86_400_000
+    assert config.default_dead_retention_ms == 292_000_000 * 31_557_600_000
     assert config.reaper_check_interval_ms == 60_000
     # The enqueue mode follows the default mode unless given itself.
     assert (config.default_commit_mode, config.enqueue_commit_mode) == ("fsync", "fsync")
     assert config.cache_size == 1024**3
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "log_dir"),
+    [
+        ([], {}, None),
+        (["--log-to-disk"], {}, Path("./zizq-root/log")),
+        (["--root-dir", "r", "--log-to-disk"], {}, Path("r/log")),
+        (["--root-dir", "r", "serve", "--log-to-disk"], {}, Path("r/log")),
+        (["--log-to-disk", "--log-dir", "elsewhere"], {}, Path("elsewhere")),
+        (["--log-dir", "elsewhere"], {}, Path("elsewhere")),
+        ([], {"ZIZQ_LOG_TO_DISK": "true", "ZIZQ_ROOT_DIR": "e"}, Path("e/log")),
+        ([], {"ZIZQ_LOG_TO_DISK": "false"}, None),
+    ],
+)
+def test_log_to_disk_means_root_dir_log(
+    captured: list[ServeConfig], args: list[str], env: dict[str, str], log_dir: Path | None
+) -> None:
+    # Reference: src/commands/serve/mod.rs:80-86 and `init_logging` (log_dir wins).
+    assert run_ok(args, captured, env).log_dir == log_dir
+
+
+@pytest.mark.parametrize("fmt", ["pretty", "compact", "json"])
+def test_log_formats(captured: list[ServeConfig], fmt: str) -> None:
+    assert run_ok(["--log-format", fmt], captured).log_format == fmt
+
+
+def test_log_format_default_is_chosen_at_start(captured: list[ServeConfig]) -> None:
+    assert run_ok([], captured).log_format is None  # pretty on a terminal, else compact
+
+
+def test_auto_compact_threshold(captured: list[ServeConfig]) -> None:
+    assert run_ok([], captured).auto_compact_threshold == 10_000
+    captured.clear()
+    assert run_ok([], captured, {"ZIZQ_AUTO_COMPACT_THRESHOLD": "0"}).auto_compact_threshold == 0
+    captured.clear()
+    assert run_ok(["--auto-compact-threshold", "5"], captured).auto_compact_threshold == 5
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "expected"),
+    [
+        ("--heartbeat-interval", "1m 30s", 90_000),
+        ("--heartbeat-interval", "1m30s", 90_000),
+        ("--reaper-check-interval", "2min", 120_000),
+        ("--idle-timeout", "12.5s", 12_500),
+        ("--idle-timeout", "1h 30m", 5_400_000),
+        ("--default-completed-job-retention", "3w", 21 * 86_400_000),
+        ("--default-dead-job-retention", "90d", 90 * 86_400_000),
+        ("--default-dead-job-retention", "1500", 1500),
+        ("--default-dead-job-retention", "2 months", 2 * 2_630_016_000),
+        ("--jq-time-limit", "500ms", 500),
+    ],
+)
+def test_humantime_durations_on_flags(
+    captured: list[ServeConfig], flag: str, value: str, expected: int
+) -> None:
+    # A long heartbeat needs a longer idle timeout (checked together).
+    config = run_ok(
+        ["serve", flag, value, "--idle-timeout", "1h 30m"]
+        if "heartbeat" in flag
+        else ["serve", flag, value],
+        captured,
+    )
+    fields = {
+        "--heartbeat-interval": "heartbeat_interval_ms",
+        "--reaper-check-interval": "reaper_check_interval_ms",
+        "--idle-timeout": "idle_timeout_ms",
+        "--default-completed-job-retention": "default_completed_retention_ms",
+        "--default-dead-job-retention": "default_dead_retention_ms",
+        "--jq-time-limit": "jq_time_limit_ms",
+    }
+    assert getattr(config, fields[flag]) == expected
 
 
 def test_enqueue_commit_mode_overrides(captured: list[ServeConfig]) -> None:
@@ -320,6 +473,57 @@ def test_bad_values_exit_2_naming_the_flag(
     captured: list[ServeConfig], args: list[str], flag: str
 ) -> None:
     assert_usage_error(invoke(["serve", *args]), flag)
+    assert captured == []
+
+
+HUGE = "9" * 5000
+
+
+@pytest.mark.parametrize(
+    ("args", "flag"),
+    [
+        (["--port", HUGE], "--port"),
+        (["--admin-port", HUGE], "--admin-port"),
+        (["--global-in-flight-limit", HUGE], "--global-in-flight-limit"),
+        (["--default-retry-limit", "2147483648"], "--default-retry-limit"),
+        (["--log-max-files", HUGE], "--log-max-files"),
+        (["--auto-compact-threshold", "-1"], "--auto-compact-threshold"),
+        (["--auto-compact-threshold", HUGE], "--auto-compact-threshold"),
+        (["--heartbeat-interval", HUGE], "--heartbeat-interval"),
+        (["--heartbeat-interval", HUGE + "s"], "--heartbeat-interval"),
+        (["--default-dead-job-retention", "292471209y"], "--default-dead-job-retention"),
+        (["--jq-time-limit", "25d"], "--jq-time-limit"),
+        (["--cache-size", HUGE], "--cache-size"),
+        (["--cache-size", "8EiB"], "--cache-size"),
+        (["--log-max-size", HUGE + "GB"], "--log-max-size"),
+        (
+            ["--default-backoff-base", "25d", "--default-backoff-exponent", "2",
+             "--default-backoff-jitter", "1s"],
+            "--default-backoff-base",
+        ),
+        (
+            ["--default-backoff-base", "1s", "--default-backoff-exponent", "1e999",
+             "--default-backoff-jitter", "1s"],
+            "--default-backoff-exponent",
+        ),
+        (
+            ["--default-backoff-base", "1s", "--default-backoff-exponent", "nan",
+             "--default-backoff-jitter", "1s"],
+            "--default-backoff-exponent",
+        ),
+        (
+            ["--default-backoff-base", "1s", "--default-backoff-exponent", "101",
+             "--default-backoff-jitter", "1s"],
+            "--default-backoff-exponent",
+        ),
+    ],
+)  # fmt: skip
+def test_huge_values_are_one_short_line(
+    captured: list[ServeConfig], args: list[str], flag: str
+) -> None:
+    result = invoke(["serve", *args])
+    assert_usage_error(result, flag)
+    assert len(result.output) < 400, result.output[:500]
     assert captured == []
 
 

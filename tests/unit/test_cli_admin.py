@@ -350,6 +350,69 @@ def test_backup_reports_the_server_error(tmp_path: Path, fake_admin) -> None:
     assert not list(tmp_path.glob(".b.tar.gz.*"))
 
 
+class _PrimaryLikeHandler(BaseHTTPRequestHandler):
+    """No /backup or /compact (404 or 405); GET /queues answers like the primary API."""
+
+    status = 404
+    queues = True
+
+    def do_POST(self) -> None:  # noqa: N802 - the stdlib's naming
+        body = b'{"error": "not found"}'
+        self.send_response(self.status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:  # noqa: N802
+        ok = self.path == "/queues" and self.queues
+        body = b'{"queues": []}' if ok else b'{"error": "not found"}'
+        self.send_response(200 if ok else 404)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def primary_like():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _PrimaryLikeHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize("status", [404, 405])
+@pytest.mark.parametrize("command", ["backup", "compact"])
+def test_pointed_at_the_primary_api_says_so(
+    tmp_path: Path, primary_like: str, command: str, status: int
+) -> None:
+    _PrimaryLikeHandler.status, _PrimaryLikeHandler.queues = status, True
+    args = [command, "--url", primary_like] + (
+        [str(tmp_path / "b.tgz")] if command == "backup" else []
+    )
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, result.output
+    assert f"answered {status}" in errors[0] and f"/{command}" in errors[0]
+    assert "that is the primary API, not the admin API" in errors[0]
+    assert "--url or ZIZQ_ADMIN_URL" in errors[0] and "8901" in errors[0]
+    assert not (tmp_path / "b.tgz").exists()
+
+
+def test_a_404_from_something_else_says_not_the_admin_api(primary_like: str) -> None:
+    _PrimaryLikeHandler.status, _PrimaryLikeHandler.queues = 404, False
+    result = CliRunner().invoke(main, ["compact", "--url", primary_like])
+    assert result.exit_code == 1
+    assert "it is not a Zizq admin API" in result.output
+
+
 # -- https and mutual TLS, against a local TLS server ------------------------------------------
 
 
@@ -428,6 +491,52 @@ def test_compact_over_mutual_tls(pki: Path, mtls_admin: str) -> None:
     assert result.exit_code == 0, result.output
     assert "Size before: 3.0 MiB" in result.output
     assert "Size after:  1.0 MiB (freed 2.0 MiB)" in result.output
+
+
+@pytest.mark.parametrize(
+    "names",
+    [
+        # Reference: src/commands/mod.rs `AdminClientArgs` (the documented names).
+        ("ZIZQ_ADMIN_TLS_CA", "ZIZQ_ADMIN_TLS_CLIENT_CERT", "ZIZQ_ADMIN_TLS_CLIENT_KEY"),
+        # The names this CLI used first, kept as aliases.
+        ("ZIZQ_CA_CERT", "ZIZQ_CLIENT_CERT", "ZIZQ_CLIENT_KEY"),
+    ],
+)
+def test_admin_tls_env_names(pki: Path, mtls_admin: str, names: tuple[str, str, str]) -> None:
+    ca, cert, key = names
+    env = {
+        "ZIZQ_ADMIN_URL": mtls_admin,
+        ca: str(pki / "ca.pem"),
+        cert: str(pki / "client.pem"),
+        key: str(pki / "client.key"),
+    }
+    result = CliRunner().invoke(main, ["compact"], env=env)
+    assert result.exit_code == 0, result.output
+    assert f"Requesting compaction from {mtls_admin}" in result.output
+
+
+def test_documented_env_name_wins_over_alias(pki: Path, mtls_admin: str) -> None:
+    env = {
+        "ZIZQ_ADMIN_URL": mtls_admin,
+        "ZIZQ_ADMIN_TLS_CA": str(pki / "ca.pem"),
+        "ZIZQ_CA_CERT": str(pki / "missing.pem"),
+        "ZIZQ_ADMIN_TLS_CLIENT_CERT": str(pki / "client.pem"),
+        "ZIZQ_ADMIN_TLS_CLIENT_KEY": str(pki / "client.key"),
+    }
+    result = CliRunner().invoke(main, ["compact"], env=env)
+    assert result.exit_code == 0, result.output
+
+
+def test_admin_help_shows_both_env_names() -> None:
+    result = CliRunner().invoke(main, ["backup", "--help"])
+    text = " ".join(result.output.split())
+    assert "ZIZQ_ADMIN_URL" in text
+    for documented, alias in (
+        ("ZIZQ_ADMIN_TLS_CA", "ZIZQ_CA_CERT"),
+        ("ZIZQ_ADMIN_TLS_CLIENT_CERT", "ZIZQ_CLIENT_CERT"),
+        ("ZIZQ_ADMIN_TLS_CLIENT_KEY", "ZIZQ_CLIENT_KEY"),
+    ):
+        assert f"{documented}, {alias}" in text
 
 
 def test_tls_failures_are_one_line(pki: Path, mtls_admin: str) -> None:

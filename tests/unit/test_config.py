@@ -7,6 +7,7 @@ import io
 import json
 import logging
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -20,7 +21,9 @@ from zizq.config import (
     DURATION,
     SIZE,
     BackoffPolicy,
+    BoundedFloat,
     ServeConfig,
+    parse_count,
     parse_duration,
     parse_size,
 )
@@ -31,6 +34,15 @@ DAY = 24 * 3600 * SECOND
 # --- durations -------------------------------------------------------------------------
 
 
+# Reference: src/commands/serve/mod.rs `parse_duration_ms` (a bare u64 is milliseconds,
+# else humantime 2.x `parse_duration`, truncated with `as_millis`); units as humantime
+# 2.4.0 src/duration.rs `Unit::from_str` defines them (month 30.44 d, year 365.25 d).
+MINUTE = 60 * SECOND
+HOUR = 60 * MINUTE
+YEAR = 31_557_600 * SECOND
+MONTH = 2_630_016 * SECOND
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
@@ -38,18 +50,62 @@ DAY = 24 * 3600 * SECOND
         ("1500", 1500),
         ("500ms", 500),
         ("15s", 15 * SECOND),
-        ("2m", 120 * SECOND),
-        ("1h", 3600 * SECOND),
+        ("2m", 2 * MINUTE),
+        ("2min", 2 * MINUTE),
+        ("1h", HOUR),
+        ("1h 30m", 90 * MINUTE),
+        ("1h30m", 90 * MINUTE),
+        ("2h 37min", 157 * MINUTE),
+        ("1hour 12min 5s", HOUR + 12 * MINUTE + 5 * SECOND),
         ("7d", 7 * DAY),
         ("90d", 90 * DAY),
         ("3w", 21 * DAY),
-        ("1y", 365 * DAY),
         ("12.5s", 12_500),
-        ("0.5ms", 1),  # fractions of a millisecond round half up
-        (".25s", 250),
+        ("4.2s", 4_200),
+        ("2.5h", 150 * MINUTE),
+        ("1.5minutes", 90 * SECOND),
         (" 15s ", 15 * SECOND),
         ("15 s", 15 * SECOND),
-        ("90000000000y", 90_000_000_000 * 365 * DAY),
+        ("20 min 17 nsec ", 20 * MINUTE),
+        # Every humantime unit name.
+        ("3sec", 3 * SECOND),
+        ("3secs", 3 * SECOND),
+        ("3second", 3 * SECOND),
+        ("3seconds", 3 * SECOND),
+        ("2mins", 2 * MINUTE),
+        ("2minute", 2 * MINUTE),
+        ("2minutes", 2 * MINUTE),
+        ("2hr", 2 * HOUR),
+        ("2hrs", 2 * HOUR),
+        ("2hours", 2 * HOUR),
+        ("1day", DAY),
+        ("2days", 2 * DAY),
+        ("1week", 7 * DAY),
+        ("2weeks", 14 * DAY),
+        ("2wk", 14 * DAY),
+        ("2wks", 14 * DAY),
+        ("1M", MONTH),
+        ("1month", MONTH),
+        ("2months", 2 * MONTH),
+        ("1y", YEAR),
+        ("1yr", YEAR),
+        ("2yrs", 2 * YEAR),
+        ("1year", YEAR),
+        ("2years", 2 * YEAR),
+        ("31msec", 31),
+        ("31millis", 31),
+        # Sub-millisecond parts are dropped, as the reference's `as_millis` does.
+        ("1500us", 1),
+        ("1500usec", 1),
+        ("1500µs", 1),
+        ("999us", 0),
+        ("0.5ms", 0),
+        ("2000000ns", 2),
+        ("17nanos", 0),
+        ("1s 999999ns", 1000),
+        # The largest duration the engine's int64 times can hold.
+        ("9223372036854775807", 2**63 - 1),
+        ("292000000y", 292_000_000 * YEAR),
     ],
 )
 def test_parse_duration_accepts(text: str, expected: int) -> None:
@@ -57,11 +113,61 @@ def test_parse_duration_accepts(text: str, expected: int) -> None:
 
 
 @pytest.mark.parametrize(
-    "text", ["", "  ", "-1", "-5s", "abc", "s", "15x", "15S", "1.2.3s", "1e3", "15s3", "١٥s"]
+    ("text", "message"),
+    [
+        ("", "empty"),
+        ("  ", "empty"),
+        ("-1", "invalid duration '-1'"),
+        ("-5s", "invalid duration '-5s'"),
+        ("abc", "invalid duration 'abc'"),
+        ("s", "invalid duration 's'"),
+        (".25s", "invalid duration '.25s'"),  # humantime wants a digit first
+        ("15x", "unknown time unit 'x'"),
+        ("15S", "unknown time unit 'S'"),  # units are case-sensitive (M is months)
+        ("1H", "unknown time unit 'H'"),
+        ("1e3", "unknown time unit 'e'"),
+        ("1.2.3s", "invalid character '.'"),
+        ("1.s", "digits must follow"),
+        ("15s3", "a time unit is needed after 3"),
+        ("1.5", "a time unit is needed after 1.5"),
+        ("1h 30", "a time unit is needed after 30"),
+        ("١٥s", "invalid duration"),
+        ("1s,2s", "invalid character ','"),
+    ],
 )
-def test_parse_duration_rejects(text: str) -> None:
-    with pytest.raises(ValueError, match=r"ms, s, m, h, d, w or y"):
+def test_parse_duration_rejects(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
         parse_duration(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "9223372036854775808",  # one past int64 milliseconds
+        "292471209y",
+        "9" * 5000,
+        "9" * 5000 + "s",
+        "1" + "0" * 30 + "ns",
+        "18446744073709551615s",
+    ],
+)
+def test_parse_duration_too_large_is_one_short_line(text: str) -> None:
+    with pytest.raises(ValueError, match="too large: at most 9223372036854775807ms") as info:
+        parse_duration(text)
+    assert len(str(info.value)) < 200 and "\n" not in str(info.value)
+
+
+def test_parse_duration_custom_maximum() -> None:
+    assert parse_duration("24d", maximum=2**31 - 1) == 24 * DAY
+    with pytest.raises(ValueError, match=r"at most 2147483647ms \(24d 20h 31m 23s 647ms\)"):
+        parse_duration("25d", maximum=2**31 - 1)
+
+
+def test_parse_duration_long_fraction_is_refused_quickly() -> None:
+    started = time.monotonic()
+    with pytest.raises(ValueError, match="too many decimal places"):
+        parse_duration("1." + "5" * 100_000 + "s")
+    assert time.monotonic() - started < 1
 
 
 # --- sizes -----------------------------------------------------------------------------
@@ -100,6 +206,47 @@ def test_parse_size_rejects(text: str) -> None:
         parse_size(text)
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"), [("1Ki", 1024), ("2PB", 2 * 10**15), ("1PiB", 2**50)]
+)
+def test_parse_size_accepts_the_reference_units(text: str, expected: int) -> None:
+    # Reference: bytesize 2 (src/commands/serve/mod.rs `parse_byte_size`).
+    assert parse_size(text) == expected
+
+
+@pytest.mark.parametrize("text", ["9" * 5000, "9" * 5000 + "MB", "8EiB", "9223372036854775808"])
+def test_parse_size_too_large_is_one_short_line(text: str) -> None:
+    with pytest.raises(ValueError, match="too large") as info:
+        parse_size(text)
+    assert len(str(info.value)) < 200
+
+
+# --- counts and numbers ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("text", "expected"), [("0", 0), ("65535", 65535), (" 7 ", 7)])
+def test_parse_count_accepts(text: str, expected: int) -> None:
+    assert parse_count(text, 0, 65535) == expected
+
+
+@pytest.mark.parametrize("text", ["-1", "65536", "1.5", "1e3", "", "9" * 5000, "0x10", "+5"])
+def test_parse_count_rejects_with_a_short_message(text: str) -> None:
+    with pytest.raises(ValueError, match="is not a whole number from 0 to 65535") as info:
+        parse_count(text, 0, 65535)
+    assert len(str(info.value)) < 120
+
+
+@pytest.mark.parametrize("text", ["nan", "inf", "-inf", "1e999", "-1", "101", "x", "9" * 5000])
+def test_bounded_float_refuses_non_finite_and_out_of_range(text: str) -> None:
+    with pytest.raises(click.BadParameter, match="is not a number from 0 to 100") as info:
+        BoundedFloat(0, 100).convert(text, None, None)
+    assert len(str(info.value.message)) < 120
+
+
+def test_bounded_float_accepts() -> None:
+    assert BoundedFloat(0, 100).convert("3.75", None, None) == 3.75
+
+
 # --- click types -----------------------------------------------------------------------
 
 
@@ -125,6 +272,8 @@ def test_serve_config_defaults_and_frozen() -> None:
     assert config.default_dead_retention_ms == 7 * DAY
     assert config.default_completed_retention_ms == 0
     assert config.cache_size == 256 * 1024**2
+    assert config.log_format is None  # pretty on a terminal, compact otherwise
+    assert config.auto_compact_threshold == 10_000
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.port = 1  # type: ignore[misc]
 
@@ -156,6 +305,68 @@ def test_pretty_format_line() -> None:
     line = logs.PrettyFormatter().format(record)
     assert line.startswith("2026-04-05T05:41:27.0815")
     assert line.endswith("Z  INFO zizq.server: store opened root_dir=./zizq-root ready=0")
+
+
+def test_compact_format_is_the_plain_line() -> None:
+    record = _record("store opened", root_dir="./zizq-root")
+    record.created = 1775367687.081547
+    line = logs.CompactFormatter().format(record)
+    assert (
+        line == "2026-04-05T05:41:27.081547Z  INFO zizq.server: store opened root_dir=./zizq-root"
+    )
+    assert logs.PrettyFormatter().format(record) == line  # pretty without a terminal
+
+
+def test_pretty_format_colours_for_a_terminal() -> None:
+    record = _record("store opened", root_dir="./zizq-root")
+    line = logs.PrettyFormatter(colour=True).format(record)
+    assert "\x1b[32m INFO\x1b[0m" in line  # green level
+    assert "\x1b[3mroot_dir\x1b[0m=./zizq-root" in line
+    assert "store opened" in line
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize(
+    ("stdout", "log_format", "log_dir", "expected"),
+    [
+        (_Terminal(), None, None, "pretty"),
+        (io.StringIO(), None, None, "compact"),  # a pipe or a file
+        (_Terminal(), None, Path("logs"), "compact"),  # log files are never a terminal
+        (io.StringIO(), "pretty", None, "pretty"),
+        (_Terminal(), "json", None, "json"),
+        (_Terminal(), "compact", None, "compact"),
+    ],
+)
+def test_effective_log_format(
+    monkeypatch: pytest.MonkeyPatch,
+    stdout: io.StringIO,
+    log_format: str | None,
+    log_dir: Path | None,
+    expected: str,
+) -> None:
+    # Reference: src/logging.rs `init` (TTY -> pretty, else compact).
+    monkeypatch.setattr(sys, "stdout", stdout)
+    config = ServeConfig(root_dir=Path("r"), log_format=log_format, log_dir=log_dir)
+    assert logs.effective_log_format(config) == expected
+
+
+@pytest.mark.parametrize(("stdout", "coloured"), [(_Terminal(), True), (io.StringIO(), False)])
+def test_default_format_colours_only_a_terminal(
+    restore_root_logger: logging.Logger,
+    monkeypatch: pytest.MonkeyPatch,
+    stdout: io.StringIO,
+    coloured: bool,
+) -> None:
+    monkeypatch.setattr(sys, "stdout", stdout)
+    logs.configure_logging(ServeConfig(root_dir=Path("r")))
+    logs.log_event(logging.getLogger("zizq.test"), logging.INFO, "hello", n=1)
+    out = stdout.getvalue()
+    assert "hello" in out and "=1" in out
+    assert ("\x1b[" in out) is coloured
 
 
 def test_pretty_format_pads_and_renames_levels() -> None:

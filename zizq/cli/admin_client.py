@@ -30,8 +30,10 @@ __all__ = [
     "normalize_url",
 ]
 
-DEFAULT_ADMIN_URL = "http://127.0.0.1:8901"
+DEFAULT_ADMIN_PORT = 8901
+DEFAULT_ADMIN_URL = f"http://127.0.0.1:{DEFAULT_ADMIN_PORT}"
 CONNECT_TIMEOUT_S = 10.0
+PROBE_TIMEOUT_S = 3.0  # the follow-up question after a 404, asked only to word the error
 _UNITS = ("KiB", "MiB", "GiB", "TiB", "PiB")
 
 
@@ -132,6 +134,13 @@ class AdminClient:
             ssl_context(self.ca_cert, self.client_cert, self.client_key) if self._https else None
         )
 
+    def _connection(self) -> http.client.HTTPConnection:
+        if self._context is not None:
+            return http.client.HTTPSConnection(
+                self._host, self._port, timeout=CONNECT_TIMEOUT_S, context=self._context
+            )
+        return http.client.HTTPConnection(self._host, self._port, timeout=CONNECT_TIMEOUT_S)
+
     def post(
         self, path: str, accept: str, read_timeout: float | None
     ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
@@ -140,15 +149,7 @@ class AdminClient:
         A non-2xx answer becomes an AdminError carrying the server's `error` message.
         The caller reads the response and closes the connection.
         """
-        connection: http.client.HTTPConnection
-        if self._context is not None:
-            connection = http.client.HTTPSConnection(
-                self._host, self._port, timeout=CONNECT_TIMEOUT_S, context=self._context
-            )
-        else:
-            connection = http.client.HTTPConnection(
-                self._host, self._port, timeout=CONNECT_TIMEOUT_S
-            )
+        connection = self._connection()
         try:
             connection.connect()
             assert connection.sock is not None
@@ -159,6 +160,12 @@ class AdminClient:
                 headers={"Accept": accept, "Content-Length": "0", "User-Agent": "zizq-cli"},
             )
             response = connection.getresponse()
+            if response.status in (404, 405):
+                # No such endpoint: most likely --url names the primary API (port 7890),
+                # which has no /backup or /compact. Say so rather than "404 Not Found".
+                status = f"{response.status} {response.reason}".strip()
+                connection.close()
+                raise AdminError(self._not_admin_api(path, status))
             if not 200 <= response.status < 300:
                 raise AdminError(self._http_error(response))
             return connection, response
@@ -168,6 +175,34 @@ class AdminClient:
         except (OSError, http.client.HTTPException) as exc:
             connection.close()
             raise self.network_error(exc) from None
+
+    def _not_admin_api(self, path: str, status: str) -> str:
+        where = f"{self.url} answered {status} to POST {path}"
+        hint = (
+            f"the admin API listens on port {DEFAULT_ADMIN_PORT} by default (serve "
+            "--admin-port); give its address with --url or ZIZQ_ADMIN_URL"
+        )
+        if self._is_primary_api():
+            return f"{where}: that is the primary API, not the admin API; {hint}"
+        return f"{where}: it is not a Zizq admin API; {hint}"
+
+    def _is_primary_api(self) -> bool:
+        """Whether the server answers the primary API's `GET /queues` (best effort, quick)."""
+        connection = self._connection()
+        try:
+            connection.timeout = PROBE_TIMEOUT_S
+            connection.request(
+                "GET",
+                self._prefix + "/queues",
+                headers={"Accept": "application/json", "User-Agent": "zizq-cli"},
+            )
+            response = connection.getresponse()
+            body = response.read(64 * 1024)
+            return response.status == 200 and isinstance(json.loads(body), dict)
+        except (OSError, http.client.HTTPException, ValueError):
+            return False
+        finally:
+            connection.close()
 
     def network_error(self, exc: BaseException) -> AdminError:
         if isinstance(exc, ConnectionRefusedError):
@@ -206,6 +241,8 @@ class AdminClient:
 
 
 # -- the shared flags ---------------------------------------------------------------------
+# Environment names as the reference documents them (src/commands/mod.rs); the first
+# names this CLI used (ZIZQ_CA_CERT, ZIZQ_CLIENT_CERT, ZIZQ_CLIENT_KEY) still work, second.
 
 _ADMIN_OPTIONS: list[Callable[[Any], Any]] = [
     option(
@@ -217,6 +254,7 @@ _ADMIN_OPTIONS: list[Callable[[Any], Any]] = [
     option(
         "--ca-cert",
         "CA certificate (PEM) to verify an https:// admin API with (default: system CAs).",
+        envvar=["ZIZQ_ADMIN_TLS_CA", "ZIZQ_CA_CERT"],
         type=click.Path(dir_okay=False, path_type=Path),
         default=None,
         show_default=False,
@@ -224,6 +262,7 @@ _ADMIN_OPTIONS: list[Callable[[Any], Any]] = [
     option(
         "--client-cert",
         "Client certificate (PEM) for a mutual-TLS admin API (with --client-key).",
+        envvar=["ZIZQ_ADMIN_TLS_CLIENT_CERT", "ZIZQ_CLIENT_CERT"],
         type=click.Path(dir_okay=False, path_type=Path),
         default=None,
         show_default=False,
@@ -231,6 +270,7 @@ _ADMIN_OPTIONS: list[Callable[[Any], Any]] = [
     option(
         "--client-key",
         "Private key (PEM) of --client-cert.",
+        envvar=["ZIZQ_ADMIN_TLS_CLIENT_KEY", "ZIZQ_CLIENT_KEY"],
         type=click.Path(dir_okay=False, path_type=Path),
         default=None,
         show_default=False,

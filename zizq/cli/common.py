@@ -34,11 +34,15 @@ def envvar_for(flag: str) -> str:
     return "ZIZQ_" + flag.removeprefix("--").upper().replace("-", "_")
 
 
-def option(flag: str, help: str, **kwargs: Any) -> Callable[[F], F]:
-    """A click option with its exact env var shown in `--help`, and its default shown."""
+def option(flag: str, help: str, *, short: str | None = None, **kwargs: Any) -> Callable[[F], F]:
+    """A click option with its exact env var shown in `--help`, and its default shown.
+
+    `short` adds a one-letter alias (`-k`), as the reference defines for a few flags.
+    """
     kwargs.setdefault("show_default", True)
     kwargs.setdefault("envvar", envvar_for(flag))
-    return click.option(flag, show_envvar=True, help=help, **kwargs)
+    names = (short, flag) if short else (flag,)
+    return click.option(*names, show_envvar=True, help=help, **kwargs)
 
 
 def with_options(options: list[Callable[[F], F]]) -> Callable[[F], F]:
@@ -73,6 +77,7 @@ license_key_option = option(
     "--license-key",
     "License key (a JWT) or @path to a file holding it. Accepted now; pro features "
     "(unique and batched jobs, crons, mutual TLS) are not in this build yet.",
+    short="-k",
     default=None,
     show_default=False,
 )

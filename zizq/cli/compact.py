@@ -33,7 +33,8 @@ def compact(
     """Compact the running server's store now (through its admin API).
 
     Rewrites the database without the space held by deleted jobs. The server also does
-    this on its own after 100,000 jobs were removed by bulk deletes.
+    this on its own, in the background, once bulk deletes, bulk patches and resets have
+    touched --auto-compact-threshold jobs (serve's flag; 10,000 by default).
     """
     client = AdminClient(url, ca_cert, client_cert, client_key)
     click.echo(f"Requesting compaction from {client.url}...")

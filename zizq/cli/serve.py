@@ -25,7 +25,19 @@ from zizq.cli.common import (
     root_dir_option,
     with_options,
 )
-from zizq.config import DEFAULT_BACKOFF, DURATION, SIZE, BackoffPolicy, ServeConfig
+from zizq.config import (
+    DEFAULT_AUTO_COMPACT_THRESHOLD,
+    DEFAULT_BACKOFF,
+    DURATION,
+    MAX_I32,
+    SIZE,
+    BackoffPolicy,
+    BoundedFloat,
+    Count,
+    DurationType,
+    ServeConfig,
+)
+from zizq.logs import LOG_FORMATS
 
 __all__ = [
     "CONTEXT_SETTINGS",
@@ -39,6 +51,14 @@ __all__ = [
 ]
 
 COMMIT_MODES = ("buffered", "fsync")
+PORT = Count(0, 65535)
+# The API's limits for a job's own backoff, so the default is one a job could carry too.
+BACKOFF_MS = DurationType(maximum=MAX_I32)
+# Timers of the server itself (intervals, timeouts): any duration works for these.
+TIMER_MS = DURATION
+# The jq watchdog thread waits on a deadline; past about 292 years that overflows the
+# platform's time_t, so the limit is capped well before (a call is killed after it anyway).
+JQ_TIME_MS = DurationType(maximum=MAX_I32)
 LOG_LEVELS = ("trace", "debug", "info", "warn", "warning", "error")
 BACKOFF_FLAGS = ("--default-backoff-base", "--default-backoff-exponent", "--default-backoff-jitter")
 
@@ -91,6 +111,15 @@ def _idle_timeout(idle_ms: int, heartbeat_ms: int) -> int:
     return idle_ms
 
 
+def _log_dir(params: dict[str, Any]) -> Path | None:
+    """`--log-dir` wins; `--log-to-disk` alone means `<root-dir>/log`; else stdout."""
+    if params["log_dir"] is not None:
+        return Path(params["log_dir"])
+    if params.get("log_to_disk"):
+        return Path(params["root_dir"]) / "log"
+    return None
+
+
 def serve_config_from_params(**params: Any) -> ServeConfig:
     """Map `serve`'s parameter values (click's names) onto a `ServeConfig`.
 
@@ -107,7 +136,7 @@ def serve_config_from_params(**params: Any) -> ServeConfig:
         admin_enabled=not params["no_admin"],
         log_format=params["log_format"],
         log_level=params["log_level"],
-        log_dir=params["log_dir"],
+        log_dir=_log_dir(params),
         log_rotation=params["log_rotation"],
         log_max_size=params["log_max_size"],
         log_max_files=params["log_max_files"],
@@ -128,6 +157,7 @@ def serve_config_from_params(**params: Any) -> ServeConfig:
         cache_size=params["cache_size"],
         jq_time_limit_ms=params["jq_time_limit"],
         jq_memory_limit=params["jq_memory_limit"],
+        auto_compact_threshold=params.get("auto_compact_threshold", DEFAULT_AUTO_COMPACT_THRESHOLD),
     )
 
 
@@ -153,22 +183,19 @@ _SERVE_OPTIONS: list[Callable[[F], F]] = [
     root_dir_option,
     license_key_option,
     _option("--host", "Address the primary API listens on.", default="127.0.0.1"),
-    _option(
-        "--port",
-        "Port of the primary API (0 = pick a free port).",
-        type=click.IntRange(0, 65535),
-        default=7890,
-    ),
+    _option("--port", "Port of the primary API (0 = pick a free port).", type=PORT, default=7890),
     _option("--admin-host", "Address the admin API listens on.", default="127.0.0.1"),
     _option(
-        "--admin-port",
-        "Port of the admin API (0 = pick a free port).",
-        type=click.IntRange(0, 65535),
-        default=8901,
+        "--admin-port", "Port of the admin API (0 = pick a free port).", type=PORT, default=8901
     ),
     _option("--no-admin", "Do not start the admin API.", is_flag=True, show_default=False),
     _option(
-        "--log-format", "Log line format.", type=click.Choice(["pretty", "json"]), default="pretty"
+        "--log-format",
+        "Log line format: pretty (coloured on a terminal), compact (one plain line per "
+        "record) or json (one JSON object per line).",
+        type=click.Choice(LOG_FORMATS),
+        default=None,
+        show_default="pretty on a terminal, else compact",
     ),
     _option(
         "--log-level",
@@ -177,14 +204,20 @@ _SERVE_OPTIONS: list[Callable[[F], F]] = [
         default="info",
     ),
     _option(
+        "--log-to-disk",
+        "Write logs to rotated files in <root-dir>/log/ instead of stdout.",
+        is_flag=True,
+        show_default=False,
+    ),
+    _option(
         "--log-dir",
-        "Write logs to <dir>/zizq.log instead of stdout.",
+        "Write logs to rotated files <dir>/zizq.log instead of stdout (implies --log-to-disk).",
         type=click.Path(file_okay=False, path_type=Path),
         default=None,
     ),
     _option(
         "--log-rotation",
-        "Time-based rotation of the log file (with --log-dir).",
+        "Time-based rotation of the log file (with --log-to-disk or --log-dir).",
         type=click.Choice(["daily", "hourly", "never"]),
         default="daily",
     ),
@@ -197,13 +230,13 @@ _SERVE_OPTIONS: list[Callable[[F], F]] = [
     _option(
         "--log-max-files",
         "How many rotated log files to keep.",
-        type=click.IntRange(min=1),
+        type=Count(1, 100_000),
         default=10,
     ),
     _option(
         "--heartbeat-interval",
         "Interval between heartbeats on idle take streams.",
-        type=DURATION,
+        type=TIMER_MS,
         default="3s",
         callback=_positive,
     ),
@@ -211,40 +244,41 @@ _SERVE_OPTIONS: list[Callable[[F], F]] = [
         "--idle-timeout",
         "Close a client connection after this long without data either way "
         "(no request in progress).",
-        type=DURATION,
+        type=TIMER_MS,
         default="75s",
         callback=_positive,
     ),
     _option(
         "--global-in-flight-limit",
         "Maximum in-flight jobs across all workers (0 = no limit).",
-        type=click.IntRange(min=0),
+        short="-l",
+        type=Count(0),
         default=1024,
     ),
     _option(
         "--default-retry-limit",
         "Retries allowed for jobs that do not set their own limit.",
-        type=click.IntRange(min=0),
+        type=Count(0, MAX_I32),
         default=25,
     ),
     _option(
         "--default-backoff-base",
         "Base retry delay B (give all three backoff flags together).",
-        type=DURATION,
+        type=BACKOFF_MS,
         default=None,
         show_default="15s",
     ),
     _option(
         "--default-backoff-exponent",
-        "Backoff exponent E applied to the attempt count.",
-        type=click.FloatRange(min=0),
+        "Backoff exponent E applied to the attempt count (0 to 100).",
+        type=BoundedFloat(0, 100),
         default=None,
         show_default="4",
     ),
     _option(
         "--default-backoff-jitter",
         "Maximum random jitter J per attempt.",
-        type=DURATION,
+        type=BACKOFF_MS,
         default=None,
         show_default="30s",
     ),
@@ -263,7 +297,7 @@ _SERVE_OPTIONS: list[Callable[[F], F]] = [
     _option(
         "--reaper-check-interval",
         "How often expired terminal jobs are purged.",
-        type=DURATION,
+        type=TIMER_MS,
         default="30s",
         callback=_positive,
     ),
@@ -289,7 +323,7 @@ _SERVE_OPTIONS: list[Callable[[F], F]] = [
     _option(
         "--jq-time-limit",
         "Longest a jq worker may take on one call of a filter (then it is killed; 400).",
-        type=DURATION,
+        type=JQ_TIME_MS,
         default="5s",
         callback=_positive,
     ),
@@ -300,6 +334,13 @@ _SERVE_OPTIONS: list[Callable[[F], F]] = [
         default="512MiB",
         callback=_jq_memory,
     ),
+    _option(
+        "--auto-compact-threshold",
+        "Compact the store in the background once this many jobs were deleted or patched "
+        "by bulk operations (and resets) since the last compaction (0 = never).",
+        type=Count(0),
+        default=DEFAULT_AUTO_COMPACT_THRESHOLD,
+    ),
 ]
 
 
@@ -307,6 +348,14 @@ _SERVE_OPTIONS: list[Callable[[F], F]] = [
 @with_options(_SERVE_OPTIONS)
 @click.pass_context
 def serve(ctx: click.Context, **_params: Any) -> None:
-    """Run the job queue server (the default command)."""
+    """Run the job queue server (the default command).
+
+    \b
+    DURATION: whole milliseconds (1500), or numbers with units, spaces optional:
+      500ms, 12.5s, 2min, 1h30m, 1h 30m, 7d, 3w; also ns, us, sec, hr, days,
+      weeks, months (30.44d) and years (365.25d). m is minutes, M months.
+    SIZE: bytes (1048576) or 256MB, 1.5GiB (KB, MB, GB: powers of 1000;
+      KiB, MiB, GiB: powers of 1024).
+    """
     config = config_from_context(ctx)
     sys.exit(_run(config))

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, TypeVar
 
+from zizq.config import DEFAULT_AUTO_COMPACT_THRESHOLD
 from zizq.logs import log_event
 from zizq.queue import pools
 from zizq.queue.pools import BoundedPool, PoolBusy
@@ -31,9 +32,6 @@ logger = logging.getLogger("zizq.maintenance")
 
 T = TypeVar("T")
 
-# After this many jobs were deleted by bulk deletes since the last compaction,
-# compact in the background so tombstones do not pile up (documented in README).
-AUTO_COMPACT_AFTER_DELETES = 100_000
 
 ADMIN_WORKERS = 2  # threads for checkpoints, status counts, disk usage and compaction
 ADMIN_MAX_WAITING = 8  # admin calls waiting for one of them; past this, 503
@@ -78,10 +76,16 @@ class BackupSnapshot:
 
 
 class Maintenance:
-    def __init__(self, store: Store, version: str) -> None:
+    def __init__(
+        self,
+        store: Store,
+        version: str,
+        auto_compact_threshold: int = DEFAULT_AUTO_COMPACT_THRESHOLD,
+    ) -> None:
         self.store = store
         self._version = version
-        self._deleted_since_compaction = 0
+        self.auto_compact_threshold = auto_compact_threshold
+        self._changed_since_compaction = 0
         self._compacting: asyncio.Task | None = None
         self._admin_pool = BoundedPool("zizq-admin", ADMIN_WORKERS, ADMIN_MAX_WAITING)
         # One thread per streaming backup; archiving reads checkpoint files, not the store.
@@ -162,7 +166,7 @@ class Maintenance:
             await asyncio.shield(self._compacting)
         finally:
             self._compacting = None
-        self._deleted_since_compaction = 0
+        self._changed_since_compaction = 0
         after = await self.run_admin(self.store.disk_usage)
         log_event(
             logger, logging.INFO, "compaction finished", before_bytes=before, after_bytes=after
@@ -170,13 +174,30 @@ class Maintenance:
         return before, after
 
     def note_deleted(self, count: int) -> None:
-        """Called after bulk deletes; compacts in the background past the threshold."""
-        self._deleted_since_compaction += count
+        """Called after bulk deletes and resets; compacts in the background past the threshold."""
+        self._note_bulk_change(count)
+
+    def note_patched(self, count: int) -> None:
+        """Called after bulk patches: changed indexed fields leave tombstones in the indexes."""
+        self._note_bulk_change(count)
+
+    def _note_bulk_change(self, count: int) -> None:
+        # Counted across operations (many small bulk deletes leave as many tombstones as
+        # one big one), and reset by every compaction, automatic or `zizq compact`.
+        if self.auto_compact_threshold <= 0 or count <= 0:
+            return
+        self._changed_since_compaction += count
         if (
-            self._deleted_since_compaction >= AUTO_COMPACT_AFTER_DELETES
+            self._changed_since_compaction >= self.auto_compact_threshold
             and self._compacting is None
         ):
-            self._deleted_since_compaction = 0
+            self._changed_since_compaction = 0
+            log_event(
+                logger,
+                logging.INFO,
+                "auto-compaction started",
+                threshold=self.auto_compact_threshold,
+            )
             task = asyncio.get_running_loop().create_task(self._compact_quietly())
             task.add_done_callback(lambda _t: None)
 
