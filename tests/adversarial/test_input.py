@@ -244,7 +244,8 @@ def test_take_queue_list_and_prefetch(shared, http):
     for queues in ("q" * 1025, "ok," + "x" * 60_000, "a*", "ok,{b}"):
         response = http.get("/jobs/take", params={"queue": queues})
         assert_error(response.status_code, _json(response), 400, "queue")
-    for prefetch in (HUGE, "1_0", " 5", "+5", "0", "100001", "\u0665"):
+    # "0" is valid: no per-stream limit (tests/e2e/test_wire_parity.py).
+    for prefetch in (HUGE, "1_0", " 5", "+5", "-0", "100001", "\u0665"):
         response = http.get("/jobs/take", params={"prefetch": prefetch})
         assert_error(response.status_code, _json(response), 400, "prefetch")
     with Api(shared.url) as api:

@@ -27,6 +27,15 @@ def assert_error(status: int, body, expected_status: int, *mentions: str) -> str
     return message
 
 
+def assert_unsupported(status: int, body, expected_status: int, supported: Iterable[str]) -> str:
+    """A 406 or 415: {"error": ..., "supported": [...]} listing what the server can do."""
+    assert status == expected_status, (status, body)
+    assert isinstance(body, dict) and set(body) == {"error", "supported"}, body
+    assert isinstance(body["error"], str) and body["error"].strip(), body
+    assert body["supported"] == list(supported), body
+    return body["error"]
+
+
 def get_job(api: Api, job_id: str) -> dict | None:
     """GET /jobs/{id}: the job, or None on 404."""
     status, body, _ = api.get(f"/jobs/{job_id}")

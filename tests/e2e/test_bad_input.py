@@ -16,13 +16,15 @@ import msgpack
 import orjson
 import pytest
 
-from tests.e2e.helpers_semantics import UNKNOWN_ID, assert_error, get_job
+from tests.e2e.helpers_semantics import UNKNOWN_ID, assert_error, assert_unsupported, get_job
 from tests.e2e.zizq_process import Api, TakeStream, ZizqServer
 
 RESERVED = [",", "*", "?", "[", "]", "{", "}", "\\"]
 MISSING = object()
 VALID = {"queue": "bad", "type": "t", "payload": {"k": 1}}
 PROTOCOLS = [("json", False), ("msgpack", True)]
+BODY_TYPES = ["application/json", "application/msgpack"]  # what 406/415 bodies list
+STREAM_TYPES = ["text/event-stream", "application/x-ndjson", "application/vnd.zizq.msgpack-stream"]
 
 
 class Shared:
@@ -239,7 +241,7 @@ def test_unknown_content_type_is_415(shared, client, path, content_type):
     code, error, _ = client.post(
         path, raw=orjson.dumps(body), headers={"content-type": content_type}
     )
-    assert_error(code, error, 415)
+    assert_unsupported(code, error, 415, BODY_TYPES)
     shared.assert_nothing_created()
 
 
@@ -248,22 +250,22 @@ def test_unknown_content_type_is_415(shared, client, path, content_type):
 def test_unacceptable_accept_is_406(shared, client, path, accept):
     body = _job() if path == "/jobs" else {"jobs": [_job()]}
     code, error, _ = client.post(path, body, headers={"accept": accept})
-    assert_error(code, error, 406)
+    assert_unsupported(code, error, 406, BODY_TYPES)
     shared.assert_nothing_created()
 
 
 def test_unacceptable_accept_on_acks_changes_nothing(shared, client):
     job = shared.in_flight_job()
     code, error, _ = client.post(f"/jobs/{job['id']}/success", headers={"accept": "text/html"})
-    assert_error(code, error, 406)
+    assert_unsupported(code, error, 406, BODY_TYPES)
     code, error, _ = client.post(
         "/jobs/success", {"ids": [job["id"]]}, headers={"accept": "text/html"}
     )
-    assert_error(code, error, 406)
+    assert_unsupported(code, error, 406, BODY_TYPES)
     code, error, _ = client.post(
         f"/jobs/{job['id']}/failure", {"message": "m"}, headers={"accept": "text/html"}
     )
-    assert_error(code, error, 406)
+    assert_unsupported(code, error, 406, BODY_TYPES)
     shared.assert_still_in_flight(job)
     assert client.ack(job["id"]) == 204
 
@@ -308,7 +310,7 @@ def test_failure_bad_fields(shared, client):
         raw=b"message",
         headers={"content-type": "text/plain"},
     )
-    assert_error(code, error, 415)
+    assert_unsupported(code, error, 415, BODY_TYPES)
     shared.assert_still_in_flight(job)
     assert client.ack(job["id"]) == 204
 
@@ -342,7 +344,8 @@ def test_bulk_success_bad_ids(shared, client):
     assert client.ack(job["id"]) == 204
 
 
-@pytest.mark.parametrize("prefetch", ["abc", "0", "-1", "1.5", "true"])
+# 0 is valid: no per-stream limit (tests/e2e/test_wire_parity.py).
+@pytest.mark.parametrize("prefetch", ["abc", "-1", "1.5", "true", "100001"])
 def test_take_bad_prefetch(start_server, prefetch):
     server = start_server()
     with Api(server.url) as api:
@@ -358,7 +361,7 @@ def test_take_unacceptable_accept_is_406(shared):
     with httpx.Client(base_url=shared.server.url, timeout=3) as http:
         response = http.get("/jobs/take", params={"queue": "x406"}, headers={"accept": "text/html"})
     body = orjson.loads(response.content) if response.content else None
-    assert_error(response.status_code, body, 406)
+    assert_unsupported(response.status_code, body, 406, STREAM_TYPES)
 
 
 def test_204_has_empty_body(shared, client):

@@ -7,7 +7,11 @@ import pytest
 from tests.e2e.helpers_semantics import ID_RE, UNKNOWN_ID, assert_error, get_job, now_ms
 from tests.e2e.zizq_process import MEDIA, TakeStream, ZizqServer
 
-BASE_KEYS = {"id", "queue", "type", "priority", "status", "ready_at", "attempts", "duplicate"}
+BASE_KEYS = {
+    *("id", "queue", "type", "priority", "status", "ready_at", "attempts"),
+    *("duplicate", "folded"),
+}
+ENQUEUE_FLAGS = ("duplicate", "folded")
 PAYLOAD = {
     "text": "héllo ✓ 日本",
     "n": 42,
@@ -102,10 +106,9 @@ def test_get_job_with_payload(api):
     assert status == 200, (status, got)
     assert _content_type(response) == MEDIA[api.fmt]
     assert got["payload"] == PAYLOAD
-    expected = {k: v for k, v in job.items() if k != "duplicate"}
-    assert {k: v for k, v in got.items() if k not in ("payload", "duplicate")} == expected
-    # `duplicate` is only part of enqueue responses.
-    assert "duplicate" not in got
+    expected = {k: v for k, v in job.items() if k not in ENQUEUE_FLAGS}
+    assert {k: v for k, v in got.items() if k != "payload"} == expected
+    # `duplicate` and `folded` are only part of enqueue responses.
 
 
 def test_get_unknown_job_is_404(api):

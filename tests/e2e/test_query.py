@@ -403,13 +403,15 @@ def test_patch_job_fields(api):
         {"backoff": {"base_ms": 1, "exponent": 2}},
         {"priority": 70000},
         {"queue": "a,b"},
-        {"type": "other"},
-        {"payload": {}},
     ):
         status, body, _ = api.request("PATCH", path, bad)
         assert_error(status, body, 422)
     after = get_job(api, job_id)
     assert after["priority"] == 20 and after["queue"] == "p2", "a rejected patch changed nothing"
+    # Fields that are not mutable are ignored, as the reference ignores them.
+    status, body, _ = api.request("PATCH", path, {"type": "other", "payload": {}, "bogus": 1})
+    assert status == 200 and body["type"] == "t" and "bogus" not in body, body
+    assert get_job(api, job_id)["payload"] == {"keep": 1}
 
     status, body, _ = api.request("PATCH", f"/jobs/{UNKNOWN_ID}", {"priority": 1})
     assert_error(status, body, 404)

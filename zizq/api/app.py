@@ -26,12 +26,26 @@ ASGIApp = Callable[[dict, Callable, Callable], Awaitable[None]]
 TAKE_PATH = "/jobs/take"  # endless streams: not limited like other GETs
 
 
+class _App(falcon.asgi.App):
+    """Falcon's app with HEAD wherever there is GET: the same status and headers, no body.
+
+    Falcon has no automatic HEAD. A resource may define its own on_head (the take
+    stream does, so that a HEAD opens no consumer); otherwise HEAD runs on_get and
+    Falcon drops the body, keeping GET's Content-Length.
+    """
+
+    def add_route(self, uri_template: str, resource: object, **kwargs) -> None:
+        if hasattr(resource, "on_get") and not hasattr(resource, "on_head"):
+            resource.on_head = resource.on_get  # type: ignore[attr-defined]
+        super().add_route(uri_template, resource, **kwargs)
+
+
 def _base_app(version: str, store: Store) -> falcon.asgi.App:
-    app = falcon.asgi.App(cors_enable=False)
+    app = _App(cors_enable=False)
     app.req_options.strip_url_path_trailing_slash = True
     errors.install(app)
     app.add_route("/health", Health(store))  # 503 while the store cannot write
-    app.add_route("/version", Version(version))
+    app.add_route("/version", Version(version))  # `version` is our build; see health.py
     return app
 
 
@@ -46,6 +60,9 @@ _BAD_BODY_HEADERS = [
     (b"content-type", b"application/json"),
     (b"content-length", str(len(_BAD_BODY)).encode()),
 ]
+
+
+_CLOSE = (b"connection", b"close")
 
 
 async def _reject_body(send: Callable) -> None:
@@ -75,17 +92,26 @@ def _wrap(app: falcon.asgi.App, tracker: ConnectionTracker) -> ASGIApp:
         if first.get("type") != "http.request":
             await _reject_body(send)  # a no-op if the client is really gone
             return
-        body_done = not first.get("more_body", False)
+        # The body is done at its final event, or once Content-Length bytes arrived
+        # (Falcon stops reading there, before the empty final event).
+        expected = _content_length(scope)
+        received = len(first.get("body", b""))
+        body_done = not first.get("more_body", False) or (
+            expected is not None and received >= expected
+        )
         replayed = False
 
         async def next_event() -> dict:
-            nonlocal body_done, replayed
+            nonlocal body_done, replayed, received
             if not replayed:
                 replayed = True
                 return first
             event = await receive()
             if event.get("type") == "http.request":
-                body_done = not event.get("more_body", False)
+                received += len(event.get("body", b""))
+                body_done = not event.get("more_body", False) or (
+                    expected is not None and received >= expected
+                )
             return event
 
         async def checked_receive() -> dict:
@@ -98,10 +124,20 @@ def _wrap(app: falcon.asgi.App, tracker: ConnectionTracker) -> ASGIApp:
 
         # Streams watch this one for the disconnect; it must hand them every event as is.
         scope[RECEIVE_KEY] = next_event
+        http1 = scope.get("http_version", "1.1").startswith("1")
+
+        async def closing_send(message: dict) -> None:
+            # An answer given before the body was read (a 400 for a bad query, a 413)
+            # leaves unread bytes on an HTTP/1.1 connection; the server then drops the
+            # connection, and a client that reuses it fails. Say so up front instead.
+            if http1 and not body_done and message.get("type") == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), _CLOSE]}
+            await send(message)
+
         client = scope.get("client")
         peer = _peer(client) if client else None
         if peer is None:
-            await app(scope, checked_receive, _chunked(send))
+            await app(scope, checked_receive, _chunked(closing_send))
             return
         conn = tracker.enter(peer)
         gated = (
@@ -113,7 +149,7 @@ def _wrap(app: falcon.asgi.App, tracker: ConnectionTracker) -> ASGIApp:
             if gated:
                 await conn.gets.acquire()
             conn.working += 1
-            chunked = _chunked(send)
+            chunked = _chunked(closing_send)
 
             async def tracked_send(message: dict) -> None:
                 nonlocal started
@@ -133,6 +169,13 @@ def _wrap(app: falcon.asgi.App, tracker: ConnectionTracker) -> ASGIApp:
             tracker.leave(peer, conn)
 
     return asgi
+
+
+def _content_length(scope: dict) -> int | None:
+    for name, value in scope.get("headers", ()):
+        if name == b"content-length":
+            return int(value) if value.isdigit() and len(value) < 20 else None
+    return None
 
 
 def _peer(client: object) -> tuple[str, int] | None:

@@ -33,7 +33,12 @@ JSON = "application/json"
 MSGPACK = "application/msgpack"
 NDJSON = "application/x-ndjson"
 MSGPACK_STREAM = "application/vnd.zizq.msgpack-stream"
+SSE = "text/event-stream"
 FORM = "application/x-www-form-urlencoded"
+
+# What 406 and 415 bodies list as `supported`, as the reference does.
+SUPPORTED_TYPES = (JSON, MSGPACK)
+SUPPORTED_STREAMS = (SSE, NDJSON, MSGPACK_STREAM)
 
 MSGPACK_ALIASES = ("application/msgpack", "application/x-msgpack", "application/vnd.msgpack")
 # The worst body costs time and memory in proportion to its size, whatever the
@@ -50,7 +55,7 @@ BIG_BODIES_AT_ONCE = 2
 MSGPACK_SLICE_BYTES = 64 * 1024
 PAYLOAD_ERROR = "payload_error"  # set, with payload null, on a job whose payload is unusable
 ENCODE_ERRORS = (TypeError, ValueError, OverflowError)  # what orjson / msgpack raise
-HEARTBEAT = {NDJSON: b"\n", MSGPACK_STREAM: b"\x00\x00\x00\x00"}
+HEARTBEAT = {NDJSON: b"\n", MSGPACK_STREAM: b"\x00\x00\x00\x00", SSE: b": heartbeat\n\n"}
 
 
 def _json_default(value: Any) -> Any:
@@ -73,15 +78,33 @@ def encode(media_type: str, obj: Any) -> bytes:
     return dumps_json(obj)
 
 
+class NotAcceptable(falcon.HTTPNotAcceptable):
+    """406 whose body lists the media types we can produce (`supported`)."""
+
+    def __init__(self, accept: str, supported: tuple[str, ...]) -> None:
+        shown = accept if len(accept) <= 200 else accept[:200] + "..."
+        super().__init__(
+            description=f"not acceptable: cannot produce {shown}; use one of {', '.join(supported)}"
+        )
+        self.supported = list(supported)
+
+
+class UnsupportedMediaType(falcon.HTTPUnsupportedMediaType):
+    """415 whose body lists the request body types we read (`supported`)."""
+
+    def __init__(self, content_type: str) -> None:
+        shown = content_type if len(content_type) <= 200 else content_type[:200] + "..."
+        super().__init__(description=f"unsupported media type {shown}; use {JSON} or {MSGPACK}")
+        self.supported = list(SUPPORTED_TYPES)
+
+
 def _choose(req: falcon.Request, offered: list[str], default: str) -> str:
     accept = req.accept
     if not accept or accept == "*/*":
         return default
     best = req.client_prefers(offered)
     if best is None:
-        raise falcon.HTTPNotAcceptable(
-            description=f"cannot produce {accept}; use one of {', '.join(offered)}"
-        )
+        raise NotAcceptable(accept, SUPPORTED_TYPES)
     return best
 
 
@@ -91,8 +114,46 @@ def response_type(req: falcon.Request) -> str:
     return MSGPACK if chosen in MSGPACK_ALIASES else JSON
 
 
+_STREAM_CHOICES = (
+    # The reference's order of precedence, whatever the q-values: an Accept naming
+    # several of these gets the first (clients send exactly one).
+    ((SSE,), SSE),
+    ((MSGPACK_STREAM, *MSGPACK_ALIASES), MSGPACK_STREAM),
+    ((NDJSON, JSON, "*/*", "application/*"), NDJSON),
+)
+
+
 def stream_type(req: falcon.Request) -> str:
-    return _choose(req, [NDJSON, MSGPACK_STREAM], NDJSON)
+    """The take stream's framing: SSE, MessagePack frames or NDJSON (the default).
+
+    No Accept, `*/*`, `application/json` or NDJSON mean NDJSON; MessagePack (the
+    stream type or plain `application/msgpack`) means length-prefixed frames;
+    `text/event-stream` means Server-Sent Events. Anything else is a 406.
+    """
+    accept = req.get_header("Accept")
+    if accept is None or not accept.strip():
+        return NDJSON
+    ranges = set()
+    for part in accept.split(","):
+        media, _, params = part.partition(";")
+        if _q_is_zero(params):
+            continue  # q=0 means "not this one"
+        ranges.add(media.strip().lower())
+    for names, chosen in _STREAM_CHOICES:
+        if ranges.intersection(names):
+            return chosen
+    raise NotAcceptable(accept, SUPPORTED_STREAMS)
+
+
+def _q_is_zero(params: str) -> bool:
+    for param in params.split(";"):
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "q":
+            try:
+                return float(value.strip()) == 0
+            except ValueError:
+                return False
+    return False
 
 
 def respond(
@@ -195,9 +256,7 @@ async def _decode(content_type: str, data: bytes) -> tuple[Any, bool]:
             return await _unpack(data), False
         except Exception as exc:  # msgpack raises several unrelated types for bad input
             raise InvalidInput(f"body: malformed MessagePack ({_msgpack_problem(exc)})") from None
-    raise falcon.HTTPUnsupportedMediaType(
-        description=f"unsupported Content-Type {content_type}; use {JSON} or {MSGPACK}"
-    )
+    raise UnsupportedMediaType(content_type)
 
 
 _gc_pausers = 0  # requests inside gc_paused(); the collector resumes when the last leaves
@@ -315,6 +374,9 @@ def stream_frame(media_type: str, obj: dict) -> bytes:
         if media_type == MSGPACK_STREAM:
             body = msgpack.packb(obj)
             return len(body).to_bytes(4, "big") + body
+        if media_type == SSE:
+            # orjson never writes a newline, so the job is one `data:` line.
+            return b"data: " + dumps_json(obj) + b"\n\n"
         return dumps_json(obj) + b"\n"
     except ENCODE_ERRORS as exc:
         raise ValueError(

@@ -28,11 +28,20 @@ def _error_media(req: falcon.Request) -> str:
         return codec.JSON  # the client accepts nothing we make; JSON is the most readable
 
 
-def _write_error(req: falcon.Request, resp: falcon.Response, status: int, message: str) -> None:
+def _write_error(
+    req: falcon.Request,
+    resp: falcon.Response,
+    status: int,
+    message: str,
+    supported: list[str] | None = None,
+) -> None:
     media = _error_media(req)
+    body: dict = {"error": message}
+    if supported is not None:  # 406 and 415 say what the server can do instead
+        body["supported"] = supported
     resp.status = status
     resp.content_type = media
-    resp.data = codec.encode(media, {"error": message})
+    resp.data = codec.encode(media, body)
 
 
 async def engine_error(req, resp, error: EngineError, params) -> None:
@@ -65,7 +74,7 @@ def http_error(req, resp, error: falcon.HTTPError) -> None:
         message = "not found"
     if error.headers:
         resp.set_headers(error.headers)
-    _write_error(req, resp, error.status_code, message)
+    _write_error(req, resp, error.status_code, message, getattr(error, "supported", None))
 
 
 def install(app: falcon.asgi.App) -> None:

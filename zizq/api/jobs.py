@@ -11,7 +11,7 @@ from zizq.api.codec import (
     response_type,
 )
 from zizq.queue import Engine
-from zizq.queue.records import public_view
+from zizq.queue.records import enqueue_view, is_new_job, public_view
 from zizq.queue.spec import TooLarge, parse_bulk, parse_job
 
 
@@ -34,7 +34,8 @@ class JobCollection:
         media = response_type(req)
         spec = await read_parsed(req, lambda body, from_json: parse_job(body, "", from_json))
         (job,) = await self._engine.enqueue([spec])
-        respond(req, resp, job, 201, media)
+        job = enqueue_view(job)
+        respond(req, resp, job, 201 if is_new_job(job) else 200, media)
 
 
 class BulkJobs:
@@ -49,8 +50,10 @@ class BulkJobs:
             specs = await read_parsed(req, parse_bulk)
         except TooLarge as exc:
             raise falcon.HTTPPayloadTooLarge(description=str(exc)) from None
-        jobs = await self._engine.enqueue(specs)
-        respond(req, resp, {"jobs": jobs}, 201, media)
+        jobs = [enqueue_view(job) for job in await self._engine.enqueue(specs)]
+        # 200 only when no job at all was created (every one a duplicate or folded).
+        created = not jobs or any(is_new_job(job) for job in jobs)
+        respond(req, resp, {"jobs": jobs}, 201 if created else 200, media)
 
 
 class JobItem:

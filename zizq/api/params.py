@@ -35,6 +35,9 @@ def _param(req: falcon.Request, name: str) -> str | None:
     return value
 
 
+joined = _param  # for other modules: a parameter's values as one comma list
+
+
 def _csv(req: falcon.Request, name: str) -> frozenset[str] | None:
     raw = _param(req, name)
     if raw is None:

@@ -3,25 +3,37 @@
 Granian's send() silently does nothing once the client has gone, and Falcon
 does not watch for that on plain streams, so we watch the ASGI receive channel
 for http.disconnect ourselves and return the stream's jobs to ready at once.
+
+Framing follows the Accept header (see codec.stream_type): NDJSON, length-prefixed
+MessagePack, or Server-Sent Events (`data: <job>` events, `: heartbeat` comments).
+Each stream logs one INFO line when it opens and one when it closes, naming the
+worker (the `Worker-Id` request header, else a random id) so the two can be paired.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import falcon
 
 from zizq.api import codec, params
+from zizq.logs import log_event
 from zizq.queue import Engine
 from zizq.queue.consumer import Consumer, ConsumerClosed, Delivery
 from zizq.queue.records import public_view
 from zizq.queue.spec import FailureSpec
 
-logger = logging.getLogger("zizq.api")
+logger = logging.getLogger("zizq.api.take")
 
 MAX_PREFETCH = 100_000
+# prefetch=0 means "no per-stream limit", as in the reference; the global in-flight
+# limit (and the dispatcher's fair shares of it) still bound the stream.
+NO_PREFETCH_LIMIT = 1 << 62
+TAKE_PARAMS = ("queue", "prefetch")
+MAX_WORKER_ID_CHARS = 128
 RECEIVE_KEY = "zizq.receive"  # set by the ASGI wrapper in app.py
 
 
@@ -33,9 +45,45 @@ def parse_queues(raw: str | None) -> frozenset[str] | None:
 
 
 def parse_prefetch(raw: str | None) -> int:
+    """1 by default; 0 is no per-stream limit (NO_PREFETCH_LIMIT)."""
     if raw is None or raw == "":
         return 1
-    return params.whole_number(raw, "prefetch", 1, MAX_PREFETCH)
+    value = params.whole_number(raw, "prefetch", 0, MAX_PREFETCH)
+    return NO_PREFETCH_LIMIT if value == 0 else value
+
+
+def worker_id(req: falcon.Request) -> str:
+    """The client's `Worker-Id`, made safe for a log line; a random id without one."""
+    raw = req.get_header("Worker-Id")
+    if raw:
+        shown = "".join(c if c.isprintable() else "?" for c in raw[:MAX_WORKER_ID_CHARS]).strip()
+        if shown:
+            return shown
+    return secrets.token_hex(4)  # 8 hex digits, as the reference assigns
+
+
+class _Request:
+    """What a take request asks for, checked as GET and HEAD both need it."""
+
+    __slots__ = ("media", "queues", "prefetch")
+
+    def __init__(self, req: falcon.Request) -> None:
+        self.media = codec.stream_type(req)
+        params.reject_unknown(req, TAKE_PARAMS)
+        self.queues = parse_queues(params.joined(req, "queue"))
+        self.prefetch = parse_prefetch(params.joined(req, "prefetch"))
+
+
+def _set_headers(resp: falcon.Response, media: str) -> None:
+    resp.content_type = media
+    if media == codec.SSE:
+        resp.set_header("Cache-Control", "no-cache")  # proxies must not hold events back
+
+
+async def _no_body() -> AsyncIterator[bytes]:
+    """Marks a HEAD answer as a stream (no Content-Length: 0); never iterated."""
+    return
+    yield b""  # pragma: no cover - makes this an async generator
 
 
 class Take:
@@ -43,18 +91,39 @@ class Take:
         self._engine = engine
 
     async def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        media = codec.stream_type(req)
-        queues = parse_queues(req.get_param("queue"))
-        prefetch = parse_prefetch(req.get_param("prefetch"))
+        wanted = _Request(req)
         receive = req.scope[RECEIVE_KEY]
-        consumer = self._engine.open_consumer(queues, prefetch)
-        resp.content_type = media
-        resp.stream = self._stream(consumer, receive, media)
+        consumer = self._engine.open_consumer(wanted.queues, wanted.prefetch)
+        worker = worker_id(req)
+        queues = "*" if wanted.queues is None else ",".join(sorted(wanted.queues))
+        prefetch = 0 if wanted.prefetch == NO_PREFETCH_LIMIT else wanted.prefetch
+        log_event(
+            logger,
+            logging.INFO,
+            "take stream opened",
+            worker_id=worker,
+            queues=queues,
+            prefetch=prefetch,
+            format=wanted.media,
+        )
+        _set_headers(resp, wanted.media)
+        resp.stream = self._stream(consumer, receive, wanted.media, worker)
+
+    async def on_head(self, req: falcon.Request, resp: falcon.Response) -> None:
+        """GET's status and headers, and no stream: no consumer, no job leaves ready."""
+        wanted = _Request(req)
+        _set_headers(resp, wanted.media)
+        resp.stream = _no_body()
 
     async def _stream(
-        self, consumer: Consumer, receive: Callable[[], Awaitable[dict]], media: str
+        self,
+        consumer: Consumer,
+        receive: Callable[[], Awaitable[dict]],
+        media: str,
+        worker: str,
     ) -> AsyncIterator[bytes]:
-        watcher = asyncio.create_task(self._watch_disconnect(consumer, receive))
+        returned = [0]  # jobs given back to ready; the watcher may add to it
+        watcher = asyncio.create_task(self._watch_disconnect(consumer, receive, returned))
         heartbeat = codec.HEARTBEAT[media]
         interval = self._engine.settings.heartbeat_interval_ms / 1000
         try:
@@ -78,7 +147,14 @@ class Take:
                     yield b"".join(frames)
         finally:
             watcher.cancel()
-            self._engine.close_consumer(consumer)
+            returned[0] += self._engine.close_consumer(consumer)
+            log_event(
+                logger,
+                logging.INFO,
+                "take stream closed",
+                worker_id=worker,
+                returned_to_ready=returned[0],
+            )
 
     @staticmethod
     def _frame(media: str, delivery: Delivery) -> bytes:
@@ -104,11 +180,11 @@ class Take:
             logger.exception("could not kill undeliverable job %s", job_id)
 
     async def _watch_disconnect(
-        self, consumer: Consumer, receive: Callable[[], Awaitable[dict]]
+        self, consumer: Consumer, receive: Callable[[], Awaitable[dict]], returned: list[int]
     ) -> None:
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
-                self._engine.close_consumer(consumer)
+                returned[0] += self._engine.close_consumer(consumer)
                 consumer.close()
                 return

@@ -1,7 +1,8 @@
 """PATCH bodies: which mutable fields change, and applying them to a record.
 
 Omitted fields stay as they are; `null` resets a field to the server default;
-`retention` is merge-patched field by field.
+`retention` is merge-patched field by field. Fields that are not mutable (or not
+fields at all) are ignored, at every level, as the reference ignores them.
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ from zizq.queue.spec import (
     _name,
     parse_backoff,
     parse_retention,
-    shown_key,
 )
 
 MUTABLE_FIELDS = frozenset({"queue", "priority", "ready_at", "retry_limit", "backoff", "retention"})
+RETENTION_FIELDS = ("completed_ms", "dead_ms")
 _UNSET = object()
 
 
@@ -48,12 +49,6 @@ def parse_patch(body: Any) -> JobPatch:
 
 
 def _parse(body: dict) -> JobPatch:
-    for key in body:
-        if key not in MUTABLE_FIELDS:
-            raise InvalidInput(
-                f"{shown_key(key)}: is not a mutable field"
-                f" (mutable: {', '.join(sorted(MUTABLE_FIELDS))})"
-            )
     changes: dict[str, Any] = {}
     for key in ("queue", "priority"):
         if key in body and body[key] is None:
@@ -78,9 +73,9 @@ def _parse(body: dict) -> JobPatch:
 def _retention_patch(value: Any) -> dict:
     if not isinstance(value, dict):
         raise InvalidInput("retention: must be an object or null")
-    present = {k: v for k, v in value.items() if v is not None}
-    parsed = parse_retention(present, "")  # validates names and values
-    return {key: parsed.get(key) for key in value}  # None entries clear that sub-field
+    given = [key for key in RETENTION_FIELDS if key in value]  # others are ignored
+    parsed = parse_retention({k: value[k] for k in given if value[k] is not None}, "")
+    return {key: parsed.get(key) for key in given}  # None entries clear that sub-field
 
 
 def apply_patch(record: dict, patch: JobPatch, now: int) -> None:

@@ -40,6 +40,24 @@ def public_view(job_id: str, record: dict, **extra) -> dict:
     return view
 
 
+# Every enqueue response (single and bulk) carries both flags, as the reference's
+# does: `duplicate` (an existing unique job was returned) and `folded` (the payload
+# was folded into a pending batch). Both are pro features, so false in the free tier.
+ENQUEUE_FLAGS = ("duplicate", "folded")
+
+
+def enqueue_view(view: dict) -> dict:
+    """`view` with both enqueue flags present (False unless already set)."""
+    for flag in ENQUEUE_FLAGS:
+        view.setdefault(flag, False)
+    return view
+
+
+def is_new_job(view: dict) -> bool:
+    """Whether an enqueue created a job (201), rather than returned or folded into one (200)."""
+    return not any(view.get(flag) for flag in ENQUEUE_FLAGS)
+
+
 def later(now: int, delay_ms: float) -> int:
     """now + delay, saturating at the largest storable time (e.g. a retention of 90000000000y)."""
     return int(min(now + delay_ms, MAX_TIME_MS))

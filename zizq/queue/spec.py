@@ -11,6 +11,11 @@ Limits (documented in the README):
 - a bulk enqueue holds at most MAX_BULK_JOBS jobs, a bulk ack MAX_ACK_IDS ids;
 - failure reports: message, error_type and backtrace are cut to their caps
   (the failure is still recorded: refusing it would leave the job in flight).
+
+Fields a body does not define are ignored, at every level (job, bulk envelope,
+backoff, retention, failure, bulk ack), as the reference ignores them: a newer
+client's optional field must not break an older server. Query parameters are
+another matter (see zizq.api.params.reject_unknown).
 """
 
 from __future__ import annotations
@@ -42,23 +47,8 @@ class TooLarge(InvalidInput):
     """More items than one request may carry (the API answers 413)."""
 
 
-JOB_FIELDS = frozenset(
-    {
-        "queue",
-        "type",
-        "payload",
-        "priority",
-        "ready_at",
-        "retry_limit",
-        "backoff",
-        "retention",
-        "unique_key",
-        "unique_while",
-        "batch",
-    }
-)
 UNIQUE_SCOPES = ("queued", "active", "exists")
-FAILURE_FIELDS = frozenset({"message", "error_type", "backtrace", "retry_at", "kill"})
+BATCH_FIELDS = ("key", "when", "fold")
 
 
 @dataclass(slots=True)
@@ -138,12 +128,6 @@ def _name_problem(name: str) -> str | None:
     return None
 
 
-def _unknown_fields(obj: dict, allowed: frozenset, where: str) -> None:
-    for key in obj:
-        if key not in allowed:
-            raise InvalidInput(f"{where}{shown_key(key)}: unknown field")
-
-
 def shown_key(key: Any) -> str:
     """A client's key as an error message may quote it: short, whatever its type."""
     text = key if isinstance(key, str) else repr(key)
@@ -156,7 +140,6 @@ def parse_backoff(value: Any, where: str) -> dict:
             f"{where}backoff: must be an object with base_ms, exponent and jitter_ms"
         )
     inner = f"{where}backoff."
-    _unknown_fields(value, frozenset({"base_ms", "exponent", "jitter_ms"}), inner)
     for field in ("base_ms", "exponent", "jitter_ms"):
         if value.get(field) is None:
             raise InvalidInput(f"{inner}{field}: is required (backoff needs all three fields)")
@@ -184,7 +167,6 @@ def parse_retention(value: Any, where: str) -> dict:
     if not isinstance(value, dict):
         raise InvalidInput(f"{where}retention: must be an object")
     inner = f"{where}retention."
-    _unknown_fields(value, frozenset({"completed_ms", "dead_ms"}), inner)
     retention = {}
     for field in ("completed_ms", "dead_ms"):
         parsed = _int_in(value, field, inner, 0, MAX_I64)
@@ -194,20 +176,24 @@ def parse_retention(value: Any, where: str) -> dict:
 
 
 def parse_job(obj: Any, where: str = "", from_json: bool = False) -> JobSpec:
-    """Validate one enqueue request body (or one element of a bulk request).
+    """Validate one enqueue request body.
 
     `from_json`: the body was JSON, whose parser already rules out most of
     what a payload may not hold (see zizq.queue.payload).
+
+    Every 400 comes before the license check (403), as in the reference: a
+    request that could never succeed says why, licensed or not.
     """
+    spec, pro_field = _parse_job(obj, where, from_json)
+    if pro_field is not None:
+        raise ProFeatureRequired(f"{where}{pro_field}: requires a pro license")
+    return spec
+
+
+def _parse_job(obj: Any, where: str, from_json: bool) -> tuple[JobSpec, str | None]:
+    """The spec, and the first pro feature it asks for (None if it needs no license)."""
     if not isinstance(obj, dict):
         raise InvalidInput(f"{where or 'body'}: must be an object")
-    _unknown_fields(obj, JOB_FIELDS, where)
-    unique_while = obj.get("unique_while")
-    if unique_while is not None and unique_while not in UNIQUE_SCOPES:
-        raise InvalidInput(f"{where}unique_while: must be one of {', '.join(UNIQUE_SCOPES)}")
-    for pro_field in ("unique_key", "batch"):
-        if obj.get(pro_field) is not None:
-            raise ProFeatureRequired(f"{where}{pro_field}: requires a pro license")
     queue = _name(obj, "queue", where)
     job_type = _name(obj, "type", where)
     if "payload" not in obj:
@@ -223,7 +209,7 @@ def parse_job(obj: Any, where: str = "", from_json: bool = False) -> JobSpec:
         raise InvalidInput(f"{where}payload: cannot be stored ({exc})") from None
     backoff = obj.get("backoff")
     retention = obj.get("retention")
-    return JobSpec(
+    spec = JobSpec(
         queue=queue,
         type=job_type,
         payload=payload,
@@ -233,13 +219,37 @@ def parse_job(obj: Any, where: str = "", from_json: bool = False) -> JobSpec:
         backoff=None if backoff is None else parse_backoff(backoff, where),
         retention=None if retention is None else parse_retention(retention, where),
     )
+    return spec, _pro_feature(obj, where)
+
+
+def _pro_feature(obj: dict, where: str) -> str | None:
+    """Check the unique and batch fields' shapes and combinations (400s); name the
+    pro feature the job needs, for the caller to refuse without a license."""
+    unique_key = obj.get("unique_key")
+    unique_while = obj.get("unique_while")
+    batch = obj.get("batch")
+    if unique_key is not None and not isinstance(unique_key, str):
+        raise InvalidInput(f"{where}unique_key: must be a string")
+    if unique_while is not None and unique_while not in UNIQUE_SCOPES:
+        raise InvalidInput(f"{where}unique_while: must be one of {', '.join(UNIQUE_SCOPES)}")
+    if unique_while is not None and unique_key is None:
+        raise InvalidInput(f"{where}unique_while: requires unique_key")
+    if batch is not None:
+        if not isinstance(batch, dict):
+            raise InvalidInput(f"{where}batch: must be an object with key, when and fold")
+        for field in BATCH_FIELDS:
+            if not isinstance(batch.get(field), str):
+                raise InvalidInput(f"{where}batch.{field}: is required and must be a string")
+        if unique_key is not None:
+            raise InvalidInput(f"{where}unique_key: unique_key and batch cannot be combined")
+        return "batch"
+    return None if unique_key is None else "unique_key"
 
 
 async def parse_bulk(obj: Any, from_json: bool = False) -> list[JobSpec]:
     """Validate a bulk enqueue body, letting other requests in between slices of it."""
     if not isinstance(obj, dict):
         raise InvalidInput("body: must be an object with a jobs array")
-    _unknown_fields(obj, frozenset({"jobs"}), "")
     jobs = obj.get("jobs")
     if not isinstance(jobs, list):
         raise InvalidInput("jobs: is required and must be an array")
@@ -248,14 +258,21 @@ async def parse_bulk(obj: Any, from_json: bool = False) -> list[JobSpec]:
             f"jobs: a bulk holds at most {MAX_BULK_JOBS} jobs (got {len(jobs)}); split it"
         )
     specs = []
+    needs_pro = None  # as in the reference: every job is checked before the license
     slicer = TimeSlicer()
     for index, job in enumerate(jobs):
-        specs.append(parse_job(job, f"jobs[{index}].", from_json))
+        where = f"jobs[{index}]."
+        spec, pro_field = _parse_job(job, where, from_json)
+        specs.append(spec)
+        if pro_field is not None and needs_pro is None:
+            needs_pro = f"{where}{pro_field}"
         # Free each decoded job as soon as it is stored as bytes: freeing the
         # whole body at once at the end would be one more long stall.
         jobs[index] = job = None
         if index & 31 == 31 and slicer.due():  # 32 jobs take ~0.1 ms: look at the clock less
             await slicer.pause()
+    if needs_pro is not None:
+        raise ProFeatureRequired(f"{needs_pro}: requires a pro license")
     return specs
 
 
@@ -281,7 +298,6 @@ def _truncate(text: str, limit: int) -> str:
 def parse_failure(obj: Any) -> FailureSpec:
     if not isinstance(obj, dict):
         raise InvalidInput("body: must be an object with a message")
-    _unknown_fields(obj, FAILURE_FIELDS, "")
     if not isinstance(obj.get("message"), str):
         raise InvalidInput("message: is required and must be a string")
     message = _capped_str(obj, "message", MAX_MESSAGE_BYTES)
@@ -300,10 +316,11 @@ def parse_failure(obj: Any) -> FailureSpec:
 def parse_ids(obj: Any) -> list[str]:
     if not isinstance(obj, dict):
         raise InvalidInput("body: must be an object with an ids array")
-    _unknown_fields(obj, frozenset({"ids"}), "")
     ids = obj.get("ids")
     if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
         raise InvalidInput("ids: is required and must be an array of strings")
+    if not ids:
+        raise InvalidInput("ids: must not be empty")
     if len(ids) > MAX_ACK_IDS:
         raise TooLarge(f"ids: at most {MAX_ACK_IDS} ids per request (got {len(ids)}); split it")
     return ids
