@@ -8,7 +8,7 @@ import falcon
 import falcon.asgi
 import orjson
 
-from zizq.api import errors
+from zizq.api import access_log, errors
 from zizq.api.acks import BulkSuccess, Failure, Success
 from zizq.api.admin import Backup, Compact
 from zizq.api.crons import CronsNeedLicense
@@ -168,7 +168,17 @@ def _wrap(app: falcon.asgi.App, tracker: ConnectionTracker) -> ASGIApp:
                 conn.gets.release()
             tracker.leave(peer, conn)
 
-    return asgi
+    async def logged(scope: dict, receive: Callable, send: Callable) -> None:
+        if scope.get("type") != "http" or not access_log.enabled():
+            await asgi(scope, receive, send)
+            return
+        record = access_log.RequestLog(scope)
+        try:
+            await asgi(scope, receive, record.wrap(send))
+        finally:
+            record.finish()
+
+    return logged
 
 
 def _content_length(scope: dict) -> int | None:

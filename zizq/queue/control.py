@@ -18,6 +18,7 @@ import dataclasses
 import logging
 from typing import TYPE_CHECKING
 
+from zizq.logs import log_event
 from zizq.queue.errors import Conflict, NotFound
 from zizq.queue.ids import plausible_id
 from zizq.queue.pacing import let_requests_in
@@ -232,6 +233,7 @@ class JobControl:
                 total += len(changed)
         if self.maintenance is not None:
             self.maintenance.note_patched(total)  # rewritten records leave garbage too
+        log_event(logger, logging.INFO, "jobs patched by filter", patched=total)
         return total
 
     async def delete_jobs(self: Engine, job_filter: JobFilter) -> int:
@@ -249,6 +251,7 @@ class JobControl:
             total += len(found)
         if self.maintenance is not None:
             self.maintenance.note_deleted(total)
+        log_event(logger, logging.INFO, "jobs deleted by filter", deleted=total)
         return total
 
     async def reset(self: Engine) -> int:
@@ -277,6 +280,7 @@ class JobControl:
             gate.set_result(None)
         if self.maintenance is not None:
             self.maintenance.note_deleted(total)
+        log_event(logger, logging.INFO, "reset: every job deleted", deleted=total)
         return total
 
 

@@ -19,6 +19,7 @@ import logging
 from dataclasses import dataclass
 
 from zizq.config import BackoffPolicy, ServeConfig
+from zizq.logs import log_event
 from zizq.queue import jq_sandbox
 from zizq.queue.backoff import policy_from_record, retry_delay_ms
 from zizq.queue.consumer import Consumer
@@ -176,6 +177,9 @@ class Engine(JobControl):
             for job_id, record in created:
                 self._index_waiting(job_id, record)
             self._after_index_change()
+            if logger.isEnabledFor(logging.DEBUG):
+                for job_id, record in created:
+                    _lifecycle("job enqueued", job_id, record)
 
         await self._writes_open()
         await self.committer.commit(batch, self.settings.enqueue_commit_mode, landed=landed)
@@ -338,6 +342,9 @@ class Engine(JobControl):
                 self.reaper.add(purge_at, job_id)
             for job_id, entry in claimed:
                 self.dispatcher.release(entry, job_id)
+            if logger.isEnabledFor(logging.DEBUG):
+                for job_id, entry in claimed:
+                    _lifecycle("job acked", job_id, entry.record)
 
         await self.committer.commit(
             batch, self.settings.default_commit_mode, landed, lambda: self._give_back(claimed)
@@ -362,6 +369,9 @@ class Engine(JobControl):
             self._index_waiting(job_id, record)
             self.dispatcher.release(entry, job_id)
             self.scheduler.arm()
+            if logger.isEnabledFor(logging.DEBUG):
+                dead = record["status"] == DEAD
+                _lifecycle("job dead" if dead else "job failed", job_id, record)
 
         await self.committer.commit(
             batch,
@@ -407,3 +417,17 @@ class Engine(JobControl):
         record["status"] = SCHEDULED if ready_at > now else READY
         batch.put_job(job_id, record, previous)
         return batch, record, None
+
+
+def _lifecycle(message: str, job_id: str, record: dict) -> None:
+    """A DEBUG line for one step of a job's life (callers check the level first)."""
+    log_event(
+        logger,
+        logging.DEBUG,
+        message,
+        id=job_id,
+        queue=record["queue"],
+        type=record["type"],
+        status=record["status"],
+        attempts=record["attempts"],
+    )

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 
+from zizq.logs import log_event
 from zizq.queue.indexes import TimerHeap
 from zizq.queue.pacing import let_requests_in
 from zizq.queue.records import TERMINAL, now_ms
@@ -70,6 +71,8 @@ class Reaper:
                 ):
                     batch.delete_job(job_id, index_key_of(record))
                     removed += 1
+                    if logger.isEnabledFor(logging.DEBUG):
+                        log_event(logger, logging.DEBUG, "job purged", id=job_id)
             try:
                 self._store.write(batch)
             except Exception:

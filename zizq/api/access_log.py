@@ -1,0 +1,67 @@
+"""One INFO line per HTTP request: method, path, status, duration, bytes, worker id.
+
+Costs one `isEnabledFor` check per request when INFO is off. The line is written
+when the response ends (for a take stream: when the stream closes).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from zizq.logs import log_event
+
+logger = logging.getLogger("zizq.http")
+
+Send = Callable[[dict], Awaitable[None]]
+
+
+def enabled() -> bool:
+    return logger.isEnabledFor(logging.INFO)
+
+
+class RequestLog:
+    """Watches one request's response messages, then logs the request once."""
+
+    __slots__ = ("_scope", "_started", "status", "bytes")
+
+    def __init__(self, scope: dict) -> None:
+        self._scope = scope
+        self._started = time.perf_counter()
+        self.status = 0
+        self.bytes = 0
+
+    def wrap(self, send: Send) -> Send:
+        async def logged_send(message: dict) -> None:
+            kind = message.get("type")
+            if kind == "http.response.start":
+                self.status = message.get("status", 0)
+            elif kind == "http.response.body":
+                self.bytes += len(message.get("body", b""))
+            await send(message)
+
+        return logged_send
+
+    def finish(self) -> None:
+        scope = self._scope
+        fields = {
+            "method": scope.get("method"),
+            "path": scope.get("path"),
+            "status": self.status or None,  # None: the client went away before any answer
+            "duration_ms": round((time.perf_counter() - self._started) * 1000, 2),
+            "bytes": self.bytes,
+        }
+        worker = _worker_id(scope)
+        if worker is not None:
+            fields["worker_id"] = worker
+        log_event(logger, logging.INFO, "request", **fields)
+
+
+def _worker_id(scope: dict) -> str | None:
+    for name, value in scope.get("headers", ()):
+        if name == b"worker-id":
+            # Printable ASCII only, bounded: the header is the client's to choose.
+            text = value[:128].decode("ascii", "replace")
+            return "".join(ch if ch.isprintable() else "?" for ch in text)
+    return None
