@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 
 import falcon
@@ -63,6 +64,8 @@ _BAD_BODY_HEADERS = [
 
 
 _CLOSE = (b"connection", b"close")
+DRAIN_MAX_BYTES = 16 * 1024 * 1024  # unread request body we read and drop after answering
+DRAIN_TIMEOUT_S = 10.0
 
 
 async def _reject_body(send: Callable) -> None:
@@ -136,8 +139,26 @@ def _wrap(app: falcon.asgi.App, tracker: ConnectionTracker) -> ASGIApp:
 
         client = scope.get("client")
         peer = _peer(client) if client else None
+
+        async def drain_unread_body() -> None:
+            """Read and drop what is left of a body the answer did not need (a 413, a 400
+            for a bad query). An HTTP/2 client (and many HTTP/1.1 ones) sends its whole
+            body before reading the answer: left unread, the flow-control window stays
+            shut and the client waits forever. Bounded in bytes and time."""
+            left = DRAIN_MAX_BYTES
+            try:
+                async with asyncio.timeout(DRAIN_TIMEOUT_S):
+                    while not body_done and left > 0:
+                        event = await next_event()
+                        if event.get("type") != "http.request":
+                            return  # the client went away
+                        left -= len(event.get("body", b""))
+            except TimeoutError:
+                return
+
         if peer is None:
             await app(scope, checked_receive, _chunked(closing_send))
+            await drain_unread_body()
             return
         conn = tracker.enter(peer)
         gated = (
@@ -163,6 +184,7 @@ def _wrap(app: falcon.asgi.App, tracker: ConnectionTracker) -> ASGIApp:
             finally:
                 if not started:
                     conn.working -= 1
+            await drain_unread_body()
         finally:
             if gated:
                 conn.gets.release()

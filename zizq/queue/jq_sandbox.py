@@ -20,7 +20,9 @@ killed (SIGKILL) and replaced, and the caller gets `InvalidInput` naming the
 limit. A scan sends payloads in calls of at most MATCH_BATCH payloads /
 MATCH_BATCH_BYTES bytes, and a worker hands back a partial answer once it has
 spent a quarter of the limit, so the limit bounds how long jq may spend on a
-single payload, not how long a scan of a large store may take.
+single payload, not how long a scan of a large store may take. A filter that
+spends more than that quarter on any single payload fails the request at once
+(400): a scan at that pace would take hours, and it would hold a worker all along.
 """
 
 from __future__ import annotations
@@ -377,6 +379,11 @@ class JqSandbox:
             raise self._failure(worker, field) from None
         finally:
             self._release(worker, healthy)
+        if status == 2:
+            raise InvalidInput(
+                f"{field}: the jq program took {result:.1f}s on one payload; each may take at "
+                f"most a quarter of the time limit of {self._limit_text()}"
+            )
         if status != 0:
             raise InvalidInput(_compile_message(result, field))
         return result

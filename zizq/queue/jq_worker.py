@@ -15,7 +15,8 @@ Request: [op, expression, items, budget_s, limit_s]
               matches when an output is
               neither null nor false.
   op "eval":  items are msgpack values.       Reply [0, [[1, outputs] | [0, error], ...]]
-A compile error replies [1, message]. Anything else wrong ends the process.
+A compile error replies [1, message]; a "match" that spent more than budget_s on a
+single payload replies [2, seconds]. Anything else wrong ends the process.
 """
 
 from __future__ import annotations
@@ -124,9 +125,15 @@ def _handle(programs: _Programs, request: list) -> list:
     started = time.monotonic()
     results = []
     for index, item in enumerate(items):
-        if index and time.monotonic() - started > budget_s:
+        before = time.monotonic()
+        if index and before - started > budget_s:
             break  # hand back what is done; the server sends the rest in a new call
         results.append(_truthy(program, item) if op == "match" else _evaluate(program, item))
+        took = time.monotonic() - before
+        if op == "match" and took > budget_s:
+            # A filter this slow on ONE payload would make a scan take hours: refuse it
+            # now rather than after the N-th payload.
+            return [2, took]
     return [0, results]
 
 
