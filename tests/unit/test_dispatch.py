@@ -179,3 +179,19 @@ def test_take_back_only_jobs_the_hungry_stream_wants(make_engine, run):
     run(settle())
     assert (len(a.in_flight), len(b.in_flight), len(late.in_flight)) == (3, 3, 0)
     assert (a.undelivered, b.undelivered) == (3, 3)
+
+
+def test_outbox_hands_out_at_most_limit_and_keeps_the_rest(make_engine, run):
+    # Payloads are read when a job is written out, so a stream takes its outbox a
+    # group at a time; what it has not taken stays reclaimable and holds no payload.
+    engine = make_engine(global_in_flight_limit=0)
+    run(engine.enqueue([spec() for _ in range(40)]))
+    consumer = engine.open_consumer(None, 40)
+    run(settle())
+    first = run(consumer.next_deliveries(1.0, 16))
+    assert len(first) == 16 and not hasattr(first[0], "payload")
+    rest = run(consumer.next_deliveries(1.0))
+    assert len(rest) == 24
+    assert len({d.job_id for d in first + rest}) == 40
+    payloads = engine.payloads_of([d.job_id for d in first[:2]])
+    assert all(isinstance(p, bytes) for p in payloads)

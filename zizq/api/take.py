@@ -34,6 +34,9 @@ MAX_PREFETCH = 100_000
 NO_PREFETCH_LIMIT = 1 << 62
 TAKE_PARAMS = ("queue", "prefetch")
 MAX_WORKER_ID_CHARS = 128
+# Jobs written out per step: their payloads are read just before, so a stream
+# whose client reads slowly holds at most this many payloads (4 MiB each at most).
+WRITE_GROUP = 16
 RECEIVE_KEY = "zizq.receive"  # set by the ASGI wrapper in app.py
 
 
@@ -131,16 +134,19 @@ class Take:
             yield heartbeat
             while True:
                 try:
-                    deliveries = await consumer.next_deliveries(interval)
+                    deliveries = await consumer.next_deliveries(interval, WRITE_GROUP)
                 except ConsumerClosed:
                     return
                 if not deliveries:
                     yield heartbeat
                     continue
+                # Still ours? A job deleted while it waited here frees its slot at once.
+                deliveries = [d for d in deliveries if d.job_id in consumer.in_flight]
+                payloads = self._engine.payloads_of([d.job_id for d in deliveries])
                 frames = []
-                for delivery in deliveries:
+                for delivery, payload in zip(deliveries, payloads, strict=True):
                     try:
-                        frames.append(self._frame(media, delivery))
+                        frames.append(self._frame(media, delivery, payload))
                     except codec.ENCODE_ERRORS as exc:
                         await self._kill_undeliverable(delivery.job_id, str(exc))
                 if frames:
@@ -157,12 +163,12 @@ class Take:
             )
 
     @staticmethod
-    def _frame(media: str, delivery: Delivery) -> bytes:
+    def _frame(media: str, delivery: Delivery, payload: bytes | None) -> bytes:
         """The job's frame, encoded on its own so that one bad job spoils no other.
 
         Raises one of codec.ENCODE_ERRORS if the job cannot be delivered."""
         view = public_view(delivery.job_id, delivery.record)
-        return codec.stream_frame(media, codec.job_with_payload(view, delivery.payload))
+        return codec.stream_frame(media, codec.job_with_payload(view, payload))
 
     async def _kill_undeliverable(self, job_id: str, problem: str) -> None:
         """A job no worker can ever receive (its payload, stored by an older version,

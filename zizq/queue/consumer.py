@@ -13,8 +13,7 @@ from dataclasses import dataclass
 @dataclass(slots=True)
 class Delivery:
     job_id: str
-    record: dict
-    payload: bytes | None  # msgpack-encoded payload
+    record: dict  # the job as dispatched; its payload is read when it is written out
 
 
 class ConsumerClosed(Exception):
@@ -65,8 +64,10 @@ class Consumer:
         self.closed = True
         self._wake.set()
 
-    async def next_deliveries(self, timeout: float) -> list[Delivery]:
-        """Jobs to write out now; an empty list means `timeout` passed (send a heartbeat)."""
+    async def next_deliveries(self, timeout: float, limit: int = 0) -> list[Delivery]:
+        """Jobs to write out now (at most `limit`, 0 = all); an empty list means
+        `timeout` passed (send a heartbeat). Jobs left in the outbox stay there, so
+        the dispatcher can still take them back if the client stops reading."""
         if not self._outbox and not self.closed:
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout)
@@ -74,7 +75,10 @@ class Consumer:
                 return []
         if self.closed:
             raise ConsumerClosed
-        self._wake.clear()
-        out = list(self._outbox)
-        self._outbox.clear()
-        return out
+        outbox = self._outbox
+        if limit <= 0 or len(outbox) <= limit:
+            self._wake.clear()
+            out = list(outbox)
+            outbox.clear()
+            return out
+        return [outbox.popleft() for _ in range(limit)]  # the rest: wake stays set

@@ -37,6 +37,7 @@ import contextlib
 import logging
 from collections import deque
 
+from zizq.logs import log_event
 from zizq.queue.consumer import Consumer, Delivery
 from zizq.queue.indexes import ReadyIndex
 from zizq.queue.records import IN_FLIGHT, READY, now_ms
@@ -235,13 +236,19 @@ class Dispatcher:
             self._write_failing = False
             logger.info("dispatch writes succeed again")
         for consumer, jobs in pass_.assigned.items():
-            payloads = self._store.get_payloads([job_id for job_id, _ in jobs])
-            consumer.deliver(
-                [
-                    Delivery(job_id, dict(record), payload)
-                    for (job_id, record), payload in zip(jobs, payloads, strict=True)
-                ]
-            )
+            # Payloads are read when the stream writes the job out (Consumer docs),
+            # so jobs waiting for a slow client hold only their small records.
+            consumer.deliver([Delivery(job_id, dict(record)) for job_id, record in jobs])
+            if logger.isEnabledFor(logging.DEBUG):
+                for job_id, record in jobs:
+                    log_event(
+                        logger,
+                        logging.DEBUG,
+                        "job dispatched",
+                        id=job_id,
+                        queue=record["queue"],
+                        attempts=record["attempts"],
+                    )
 
     def _reclaim_unsent(self, share: int) -> int:
         """The limit is full: give a hungry stream the jobs others hold but never sent.

@@ -203,6 +203,10 @@ class Engine(JobControl):
             raise NotFound("job not found")
         return record, self.store.get_payload(job_id)
 
+    def payloads_of(self, job_ids: list[str]) -> list[bytes | None]:
+        """Stored payloads (msgpack) of these jobs, in order; None for a job that is gone."""
+        return self.store.get_payloads(job_ids) if job_ids else []
+
     # -- take streams ----------------------------------------------------------
 
     def open_consumer(self, queues: frozenset[str] | None, prefetch: int) -> Consumer:
