@@ -261,9 +261,9 @@ def test_failure_strings_are_capped(shared):
         with TakeStream(shared.url, queues="fail-caps") as stream:
             assert stream.next_job()["id"] == job["id"]
             failure = {
-                "message": EURO * 400_000,  # 1.2 MB
+                "message": EURO * 200_000,  # 600 KB
                 "error_type": "E" * 5000,
-                "backtrace": "line\n" * 200_000,  # 1 MB
+                "backtrace": "line\n" * 100_000,  # 500 KB
                 "retry_at": 0,  # ready again at once
             }
             status, body, _ = api.post(f"/jobs/{job['id']}/failure", failure)

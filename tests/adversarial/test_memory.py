@@ -2,7 +2,7 @@
 
 - Rejected requests leave nothing behind: caches only ever see names short
   enough to be valid (150 names of 1 MB each once kept 1.5 GB alive).
-- A bulk holds at most 10,000 jobs (413 past it) in a body of at most 4 MiB.
+- A bulk holds at most 10,000 jobs (413 past it) in a body of at most 2 MiB.
 - The largest allowed bulk, JSON and MessagePack, keeps `/health` answering:
   parsing, validation and building the write batch run in slices; the target
   is 100 ms, the assertion (noisy shared machines) 1 s. The worst latency seen

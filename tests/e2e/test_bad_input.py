@@ -412,8 +412,8 @@ def _read_http_response(sock: socket.socket, timeout: float) -> bytes:
     return head + b"\r\n\r\n" + rest
 
 
-def test_body_over_4_mib_is_413(shared):
-    size = 4 * 1024 * 1024 + 1
+def test_body_over_2_mib_is_413(shared):
+    size = 2 * 1024 * 1024 + 1
     parts = urlsplit(shared.server.url)
     sock = socket.create_connection((parts.hostname, parts.port), timeout=10)
     head = (
@@ -447,9 +447,9 @@ def test_body_over_4_mib_is_413(shared):
     shared.assert_nothing_created()
 
 
-def test_chunked_body_over_4_mib_is_413(shared):
+def test_chunked_body_over_2_mib_is_413(shared):
     """Without a Content-Length the limit still holds (h2c, streamed body)."""
-    total = 4 * 1024 * 1024 + 1024 * 1024
+    total = 2 * 1024 * 1024 + 1024 * 1024
     chunk = msgpack.packb("x")[:1] * (1024 * 1024)
 
     def body():

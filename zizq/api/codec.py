@@ -7,7 +7,7 @@ are capped at MAX_BODY_BYTES, the cyclic garbage collector is paused while a
 decoded body is alive (it would otherwise rescan it again and again: a 6 MiB
 body of small objects parsed in 600 ms instead of 110 ms), and a big
 MessagePack body is parsed in slices with pauses between them. orjson has no incremental
-mode; its worst case is about 25-30 ns per byte (~100 ms for 4 MiB of `[[]]`),
+mode; its worst case is about 25-30 ns per byte (~55 ms for 2 MiB of `[[]]`),
 while a realistic bulk of 10,000 jobs parses in a few milliseconds.
 """
 
@@ -42,11 +42,12 @@ SUPPORTED_STREAMS = (SSE, NDJSON, MSGPACK_STREAM)
 
 MSGPACK_ALIASES = ("application/msgpack", "application/x-msgpack", "application/vnd.msgpack")
 # The worst body costs time and memory in proportion to its size, whatever the
-# parser: 4 MiB of JSON `[[],[],...]` parses in ~100 ms holding the GIL, and 4 MiB
-# of MessagePack empty maps (1 byte each) become 4 million dicts, ~300 MB. The
-# limit keeps both near the 100 ms / few-hundred-MB marks and still holds a full
-# bulk of 10,000 jobs of ~400 bytes (measured: 16 MiB gave 0.3-0.8 s and 1.2 GB).
-MAX_BODY_BYTES = 4 * 1024 * 1024
+# parser: 4 MiB of JSON `[[],[],...]` parses in ~110 ms holding the GIL, and 4 MiB
+# of MessagePack empty maps (1 byte each) become 4 million dicts, ~300 MB. 2 MiB
+# (the reference's own default body limit, axum's 2 MB) keeps the worst body near
+# 55 ms / 150 MB and still holds a bulk of 10,000 jobs of ~200 bytes (measured:
+# 16 MiB gave 0.3-0.8 s and 1.2 GB).
+MAX_BODY_BYTES = 2 * 1024 * 1024
 # Bodies this large decode at most two at a time, so concurrent ones cannot add up.
 BIG_BODY_BYTES = 1024 * 1024
 BIG_BODIES_AT_ONCE = 2

@@ -35,7 +35,7 @@ NO_PREFETCH_LIMIT = 1 << 62
 TAKE_PARAMS = ("queue", "prefetch")
 MAX_WORKER_ID_CHARS = 128
 # Jobs written out per step: their payloads are read just before, so a stream
-# whose client reads slowly holds at most this many payloads (4 MiB each at most).
+# whose client reads slowly holds at most this many payloads (2 MiB each at most).
 WRITE_GROUP = 16
 RECEIVE_KEY = "zizq.receive"  # set by the ASGI wrapper in app.py
 

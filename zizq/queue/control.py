@@ -287,7 +287,7 @@ class JobControl:
 def _attach_payloads(store: Store, page: Page, backward: bool) -> Page:
     """Read each listed job's payload, ending the page early past PAGE_PAYLOAD_BYTES.
 
-    A page of 2,000 jobs with 4 MiB payloads would otherwise hold 8 GB in one
+    A page of 2,000 jobs with 2 MiB payloads would otherwise hold 4 GB in one
     response. The page keeps the jobs nearest its cursor (its end when paging
     back with `before`) and its cursor links lead to the jobs left out, so
     paging still visits every job exactly once.
