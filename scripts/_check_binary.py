@@ -87,8 +87,11 @@ class Server:
         return self.primary is not None
 
     def get(self, path: str) -> dict:
+        return self.get_with_headers(path)[0]
+
+    def get_with_headers(self, path: str) -> tuple[dict, dict]:
         with urllib.request.urlopen(self.primary + path, timeout=10) as response:
-            return json.loads(response.read())
+            return json.loads(response.read()), {k.lower(): v for k, v in response.headers.items()}
 
     def stop(self) -> int | None:
         """SIGTERM and wait; the exit code (None on Windows, which has no SIGTERM)."""
@@ -117,10 +120,12 @@ def check_start(name: str, binary: str, args: list[str], env: dict[str, str], cw
             result(name, False, f"no 'Listening ... (primary)' line; output:\n{server.output}")
             return server
         health = server.get("/health")
-        reported = server.get("/version").get("version")
+        # /version is the reference API level; the build's own version is a header.
+        body, headers = server.get_with_headers("/version")
+        build = headers.get("zizq-build")
         code = server.stop()
-        ok = health == {"status": "ok"} and reported == VERSION and code in (0, None)
-        result(name, ok, f"GET /version {reported!r}, exit {code}")
+        ok = health == {"status": "ok"} and build == VERSION and code in (0, None)
+        result(name, ok, f"GET /version {body!r}, Zizq-Build {build!r}, exit {code}")
     except Exception as exc:
         result(name, False, f"{exc!r}; output:\n{server.output}")
     finally:
