@@ -252,9 +252,13 @@ def _formatter(config: ServeConfig) -> logging.Formatter:
     return CompactFormatter()
 
 
+# High-volume loggers (a line per request) whose records are flushed in batches.
+BATCHED_LOGGERS = frozenset({"zizq.http"})
+
+
 class BatchingStreamHandler(logging.StreamHandler):
-    """Writes records at once but flushes them in batches: every FLUSH_INTERVAL_S, and
-    at once for WARNING and above.
+    """Writes records at once; flushes them at once too, except the per-request lines
+    and DEBUG records, which are flushed in batches every FLUSH_INTERVAL_S.
 
     One write syscall per record (a request line per request) cost more than the
     request itself under load; batching keeps logs at most a fraction of a second
@@ -271,7 +275,7 @@ class BatchingStreamHandler(logging.StreamHandler):
     def emit(self, record: logging.LogRecord) -> None:
         try:
             self.stream.write(self.format(record) + self.terminator)
-            if record.levelno >= logging.WARNING:
+            if record.levelno >= logging.INFO and record.name not in BATCHED_LOGGERS:
                 self.flush()
         except RecursionError:
             raise
