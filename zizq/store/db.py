@@ -243,21 +243,21 @@ class Store:
             raise StoreUnavailable(self.failure)
         if batch.generation != self.generation:
             raise StoreUnavailable("the store was reopened while this write was prepared")
-        try:
+        with self._write_errors():
             self.db.write(batch.raw, self._sync_options if sync else self._buffered_options)
-        except rocksdict.DbClosedError:
-            raise StoreUnavailable(self._reopening_reason()) from None
-        except Exception as exc:
-            if not _is_store_failure(exc):
-                raise
-            raise StoreUnavailable(self._failed(str(exc))) from None
 
     def sync_wal(self) -> None:
         """fsync the write-ahead log (group commit); StoreUnavailable if that fails."""
         if self.failure is not None or not self.writable:
             raise StoreUnavailable(self._reopening_reason())
-        try:
+        with self._write_errors():
             self.db.flush_wal(True)
+
+    @contextlib.contextmanager
+    def _write_errors(self) -> Iterator[None]:
+        """RocksDB's write errors as StoreUnavailable; a real failure enters the failed state."""
+        try:
+            yield
         except rocksdict.DbClosedError:
             raise StoreUnavailable(self._reopening_reason()) from None
         except Exception as exc:
