@@ -16,19 +16,23 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
 
 from zizq.logs import log_event
+from zizq.queue.dispatch import Dispatcher
 from zizq.queue.errors import Conflict, NotFound
 from zizq.queue.ids import plausible_id
+from zizq.queue.indexes import ReadyIndex
+from zizq.queue.jq_sandbox import JqSandbox
+from zizq.queue.maintenance import Maintenance
 from zizq.queue.pacing import let_requests_in
 from zizq.queue.patch import JobPatch, apply_patch
+from zizq.queue.pools import BoundedPool
 from zizq.queue.query import JobFilter, JobQuery, Page, take_page
+from zizq.queue.reaper import Reaper
 from zizq.queue.records import IN_FLIGHT, TERMINAL, is_purged, now_ms, public_view
-from zizq.store import Store, WriteBatch, index_key_of
-
-if TYPE_CHECKING:
-    from zizq.queue.engine import Engine
+from zizq.queue.scheduler import Scheduler
+from zizq.store import Committer, Store, WriteBatch, index_key_of
 
 logger = logging.getLogger("zizq.engine")
 
@@ -40,7 +44,26 @@ PAYLOAD_READ_CHUNK = 16  # payloads read per multi-get while building a page
 class JobControl:
     """Engine calls behind GET/PATCH/DELETE /jobs, /jobs/count, /queues, errors and reset."""
 
-    async def _reap_due(self: Engine) -> None:
+    # What the Engine this is mixed into provides (declared here, not imported:
+    # the engine imports this module).
+    store: Store
+    settings: object
+    dispatcher: Dispatcher
+    committer: Committer
+    jq: JqSandbox
+    query_pool: BoundedPool
+    reaper: Reaper
+    scheduler: Scheduler
+    ready: ReadyIndex
+    maintenance: Maintenance | None
+    _reset_gate: asyncio.Future | None
+    _orphans: dict[str, dict]
+    get_job: Callable[[str], tuple[dict, bytes | None]]
+    _writes_open: Callable[[], Awaitable[None]]
+    _index_waiting: Callable[[str, dict], None]
+    _after_index_change: Callable[[], None]
+
+    async def _reap_due(self) -> None:
         """Remove expired jobs now, so counters never count a job that is already invisible."""
         if self.reaper.anything_due():
             try:
@@ -48,7 +71,7 @@ class JobControl:
             except Exception as exc:  # the store refuses writes: still answer the read
                 logger.warning("could not remove expired jobs before a count: %s", exc)
 
-    async def count(self: Engine, job_filter: JobFilter) -> int:
+    async def count(self, job_filter: JobFilter) -> int:
         await self._reap_due()
         query = JobQuery(self.store, job_filter, self.jq)
         if job_filter.only_counted_dimensions:
@@ -57,12 +80,12 @@ class JobControl:
             await job_filter.payload.acheck(self.jq)  # 400 for invalid jq before any scan
         return await self.query_pool.run(query.count)  # a scan: keep the loop serving meanwhile
 
-    async def queues(self: Engine) -> list[str]:
+    async def queues(self) -> list[str]:
         await self._reap_due()
         return sorted({queue for queue, _, _ in self.store.counts})
 
     async def list_jobs(
-        self: Engine,
+        self,
         job_filter: JobFilter,
         limit: int,
         order_desc: bool,
@@ -84,7 +107,7 @@ class JobControl:
         return await self.query_pool.run(_attach_payloads, self.store, page, before is not None)
 
     def list_errors(
-        self: Engine,
+        self,
         job_id: str,
         limit: int,
         order_desc: bool,
@@ -101,14 +124,14 @@ class JobControl:
             before,
         )
 
-    def get_error(self: Engine, job_id: str, attempt: int) -> dict:
+    def get_error(self, job_id: str, attempt: int) -> dict:
         self.get_job(job_id)
         error = self.store.get_error(job_id, attempt)
         if error is None:
             raise NotFound(f"job has no error for attempt {attempt}")
         return error
 
-    def _write_visible(self: Engine, batch: WriteBatch) -> None:
+    def _write_visible(self, batch: WriteBatch) -> None:
         """Commit a change to jobs other requests can see, without yielding.
 
         Patches and deletes touch jobs that the dispatcher, scheduler and acks
@@ -118,7 +141,7 @@ class JobControl:
         """
         self.store.write(batch)  # synced in the fsync commit mode (Store.sync_writes)
 
-    async def _current(self: Engine, job_id: str) -> dict | None:
+    async def _current(self, job_id: str) -> dict | None:
         """The record the next change of this job must start from.
 
         An in-flight job's live record is the dispatcher's copy. A job that is
@@ -136,7 +159,7 @@ class JobControl:
         return record
 
     def _patched(
-        self: Engine, batch: WriteBatch, job_id: str, record: dict, patch: JobPatch, now: int
+        self, batch: WriteBatch, job_id: str, record: dict, patch: JobPatch, now: int
     ) -> dict:
         """Add the patched copy of a record to the batch; the original stays untouched."""
         changed = dict(record)
@@ -144,7 +167,7 @@ class JobControl:
         batch.put_job(job_id, changed, index_key_of(record))
         return changed
 
-    def _patches_landed(self: Engine, patched: list[tuple[str, dict]]) -> None:
+    def _patches_landed(self, patched: list[tuple[str, dict]]) -> None:
         for job_id, record in patched:
             entry = self.dispatcher.in_flight.get(job_id)
             if entry is not None:
@@ -153,12 +176,12 @@ class JobControl:
                 self._index_waiting(job_id, record)
         self._after_index_change()
 
-    def _deletes_landed(self: Engine, job_ids: list[str]) -> None:
+    def _deletes_landed(self, job_ids: list[str]) -> None:
         for job_id in job_ids:
             self.dispatcher.drop(job_id)  # frees its stream's slot; a later ack gets 404
             self._orphans.pop(job_id, None)
 
-    async def patch_job(self: Engine, job_id: str, patch: JobPatch) -> dict:
+    async def patch_job(self, job_id: str, patch: JobPatch) -> dict:
         await self._writes_open()
         record = await self._current(job_id) if plausible_id(job_id) else None
         if record is None or is_purged(record, now_ms()):
@@ -171,7 +194,7 @@ class JobControl:
         self._patches_landed([(job_id, changed)])
         return public_view(job_id, changed)
 
-    async def delete_job(self: Engine, job_id: str) -> None:
+    async def delete_job(self, job_id: str) -> None:
         await self._writes_open()
         record = await self._current(job_id) if plausible_id(job_id) else None
         if record is None or is_purged(record, now_ms()):
@@ -181,7 +204,7 @@ class JobControl:
         self._write_visible(batch)
         self._deletes_landed([job_id])
 
-    async def _matching_slices(self: Engine, job_filter: JobFilter):
+    async def _matching_slices(self, job_filter: JobFilter):
         """Yield the current (id, record) of the jobs matching a filter, a slice at a time.
 
         The walk (index scans, jq in its sandbox) runs on a worker thread. Each
@@ -215,7 +238,7 @@ class JobControl:
             yield current
             await let_requests_in()
 
-    async def patch_jobs(self: Engine, job_filter: JobFilter, patch: JobPatch) -> int:
+    async def patch_jobs(self, job_filter: JobFilter, patch: JobPatch) -> int:
         if job_filter.statuses is not None and job_filter.statuses & TERMINAL:
             raise Conflict("status: completed and dead jobs cannot be patched")
         total = 0
@@ -236,7 +259,7 @@ class JobControl:
         log_event(logger, logging.INFO, "jobs patched by filter", patched=total)
         return total
 
-    async def delete_jobs(self: Engine, job_filter: JobFilter) -> int:
+    async def delete_jobs(self, job_filter: JobFilter) -> int:
         if _selects_everything(job_filter):
             return await self.reset()
         total = 0
@@ -254,7 +277,7 @@ class JobControl:
         log_event(logger, logging.INFO, "jobs deleted by filter", deleted=total)
         return total
 
-    async def reset(self: Engine) -> int:
+    async def reset(self) -> int:
         """Delete every job (in flight too) in one atomic batch; returns how many there were.
 
         Every write handed to the commit thread before the reset lands first
