@@ -196,35 +196,6 @@ def _next_boundary(after: float, rotation: str) -> float:
     return math.inf if math.isinf(period) else (after // period + 1) * period
 
 
-class SizeAndTimeRotatingFileHandler(RotatingFileHandler):
-    """Rotates when the file would exceed `max_bytes` OR a daily/hourly boundary passes.
-
-    Rotated files are `<name>.1` (newest) to `<name>.<backup_count>`; older ones are deleted.
-    """
-
-    def __init__(self, filename: Path, rotation: str, max_bytes: int, backup_count: int) -> None:
-        # Measure the period from the existing file's age so that a restart the next day
-        # still rotates yesterday's log instead of appending to it.
-        exists = filename.exists()
-        started = filename.stat().st_mtime if exists else time.time()
-        super().__init__(filename, maxBytes=max_bytes, backupCount=backup_count, encoding="utf-8")
-        self.rotation = rotation
-        self.next_rollover = _next_boundary(started, rotation)
-
-    def shouldRollover(self, record: logging.LogRecord) -> bool:
-        if time.time() >= self.next_rollover:
-            if self.stream is not None and self.stream.tell() == 0:
-                # Nothing was written this period: no point in rotating an empty file.
-                self.next_rollover = _next_boundary(time.time(), self.rotation)
-                return bool(super().shouldRollover(record))
-            return True
-        return bool(super().shouldRollover(record))
-
-    def doRollover(self) -> None:
-        super().doRollover()
-        self.next_rollover = _next_boundary(time.time(), self.rotation)
-
-
 def is_terminal(stream: Any) -> bool:
     try:
         return bool(stream.isatty())
@@ -256,39 +227,101 @@ def _formatter(config: ServeConfig) -> logging.Formatter:
 BATCHED_LOGGERS = frozenset({"zizq.http"})
 
 
-class BatchingStreamHandler(logging.StreamHandler):
-    """Writes records at once; flushes them at once too, except the per-request lines
-    and DEBUG records, which are flushed in batches every FLUSH_INTERVAL_S.
+class _FlushesInBatches:
+    """Flushes the per-request lines and DEBUG records every FLUSH_INTERVAL_S instead of
+    one by one; everything else is flushed as it is written.
 
     One write syscall per record (a request line per request) cost more than the
-    request itself under load; batching keeps logs at most a fraction of a second
-    behind, and `logging.shutdown` flushes whatever is left at exit.
+    request itself under load; batching keeps those lines at most a fraction of a
+    second behind, and `logging.shutdown` flushes whatever is left at exit.
     """
 
     FLUSH_INTERVAL_S = 0.2
 
+    def _start_flusher(self) -> None:
+        thread = threading.Thread(target=self._flush_forever, name="zizq-log", daemon=True)
+        thread.start()
+
+    @staticmethod
+    def _flush_now(record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.INFO and record.name not in BATCHED_LOGGERS
+
+    def _flush_forever(self) -> None:
+        while True:
+            time.sleep(self.FLUSH_INTERVAL_S)
+            try:
+                self.flush()  # type: ignore[attr-defined]
+            except (OSError, ValueError):  # the stream is closed: nothing left to do
+                return
+
+
+class BatchingStreamHandler(_FlushesInBatches, logging.StreamHandler):
+    """A stream handler (stdout) whose high-volume records are flushed in batches."""
+
     def __init__(self, stream: Any) -> None:
         super().__init__(stream)
-        self._timer = threading.Thread(target=self._flush_forever, name="zizq-log", daemon=True)
-        self._timer.start()
+        self._start_flusher()
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
             self.stream.write(self.format(record) + self.terminator)
-            if record.levelno >= logging.INFO and record.name not in BATCHED_LOGGERS:
+            if self._flush_now(record):
                 self.flush()
         except RecursionError:
             raise
         except Exception:
             self.handleError(record)
 
-    def _flush_forever(self) -> None:
-        while True:
-            time.sleep(self.FLUSH_INTERVAL_S)
-            try:
+
+class SizeAndTimeRotatingFileHandler(_FlushesInBatches, RotatingFileHandler):
+    """Rotates when the file would exceed `max_bytes` OR a daily/hourly boundary passes.
+
+    Rotated files are `<name>.1` (newest) to `<name>.<backup_count>`; older ones are
+    deleted. Each record is formatted once and the file size is counted as we write
+    (the standard handler formats every record twice and stats the file each time).
+    """
+
+    def __init__(self, filename: Path, rotation: str, max_bytes: int, backup_count: int) -> None:
+        # Measure the period from the existing file's age so that a restart the next day
+        # still rotates yesterday's log instead of appending to it.
+        exists = filename.exists()
+        started = filename.stat().st_mtime if exists else time.time()
+        super().__init__(filename, maxBytes=max_bytes, backupCount=backup_count, encoding="utf-8")
+        self.rotation = rotation
+        self.next_rollover = _next_boundary(started, rotation)
+        self._size = filename.stat().st_size if filename.exists() else 0
+        self._start_flusher()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = self.format(record) + self.terminator
+            size = len(text.encode("utf-8"))
+            if self._due(size):
+                self.doRollover()
+            if self.stream is None:
+                self.stream = self._open()
+            self.stream.write(text)
+            self._size += size
+            if self._flush_now(record):
                 self.flush()
-            except (OSError, ValueError):  # the stream is closed: nothing left to do
-                return
+        except RecursionError:
+            raise
+        except Exception:
+            self.handleError(record)
+
+    def _due(self, adding: int) -> bool:
+        if time.time() >= self.next_rollover:
+            if self._size == 0:
+                # Nothing was written this period: no point in rotating an empty file.
+                self.next_rollover = _next_boundary(time.time(), self.rotation)
+            else:
+                return True
+        return 0 < self.maxBytes <= self._size + adding and self._size > 0
+
+    def doRollover(self) -> None:
+        super().doRollover()
+        self._size = 0
+        self.next_rollover = _next_boundary(time.time(), self.rotation)
 
 
 def _make_handler(config: ServeConfig) -> logging.Handler:

@@ -145,6 +145,8 @@ def _wrap(app: falcon.asgi.App, tracker: ConnectionTracker) -> ASGIApp:
             for a bad query). An HTTP/2 client (and many HTTP/1.1 ones) sends its whole
             body before reading the answer: left unread, the flow-control window stays
             shut and the client waits forever. Bounded in bytes and time."""
+            if body_done:
+                return  # the usual case: nothing left, no timer to set up
             left = DRAIN_MAX_BYTES
             try:
                 async with asyncio.timeout(DRAIN_TIMEOUT_S):
