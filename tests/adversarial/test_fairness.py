@@ -108,14 +108,17 @@ def test_small_limits_starve_no_one(start_server, limit, streams):
 def test_small_limits_with_a_greedy_stream(start_server, limit, normals):
     """With limit >= 2 a non-reading stream never takes the last slot from the others."""
     server = start_server("--global-in-flight-limit", str(limit))
-    enqueue_many(server.url, 40)
+    enqueue_many(server.url, limit)  # enough for the greedy stream to take all it may
     with GreedyTake(server.url, prefetch=100_000):
         held = _stable_in_flight(server.url, settle=0.3)
         assert held == (limit + 1) // 2, held
         workers = [AckingWorker(server.url, prefetch=5) for _ in range(normals)]
         try:
+            # Only now the bulk of the work: every worker is connected, so none can
+            # have drained it all before another one arrived.
+            enqueue_many(server.url, 40)
             wait_until(
-                lambda: sum(len(w.acked) for w in workers) >= 40 - held,
+                lambda: sum(len(w.acked) for w in workers) >= limit + 40 - held,
                 timeout=60,
                 what="normal workers draining around the greedy stream",
             )
