@@ -148,30 +148,36 @@ async def serve(config: ServeConfig) -> int:
     try:
         # Bind both sockets before anything else, so that a busy port or a bad address
         # stops us before the indexes are rebuilt or a single request is served.
+        def listener(api: str, make_app, host: str, port: int, slots: int) -> Listener:
+            tracker = ConnectionTracker()  # the app and the idle reaper share it
+            made = Listener(
+                make_app(tracker),
+                host,
+                port,
+                api=api,
+                idle_timeout_s=idle_timeout_s,
+                max_connections=slots,
+                tracker=tracker,
+            )
+            listeners.append(made)
+            return made
+
         admin: Listener | None = None
         if config.admin_enabled:
-            admin_tracker = ConnectionTracker()
-            admin = Listener(
-                create_admin_app(maintenance, __version__, admin_tracker),
+            admin = listener(
+                "admin",
+                lambda t: create_admin_app(maintenance, __version__, t),
                 config.admin_host,
                 config.admin_port,
-                api="admin",
-                idle_timeout_s=idle_timeout_s,
-                max_connections=admin_slots,
-                tracker=admin_tracker,
+                admin_slots,
             )
-            listeners.append(admin)
-        tracker = ConnectionTracker()
-        primary = Listener(
-            create_primary_app(engine, __version__, tracker),
+        primary = listener(
+            "primary",
+            lambda t: create_primary_app(engine, __version__, t),
             config.host,
             config.port,
-            api="primary",
-            idle_timeout_s=idle_timeout_s,
-            max_connections=primary_slots,
-            tracker=tracker,
+            primary_slots,
         )
-        listeners.append(primary)
         engine_started = True
         await engine.start()
         # The rebuilt indexes are long-lived: keep the cyclic GC from re-scanning
