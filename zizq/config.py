@@ -347,3 +347,4 @@ class ServeConfig:
     jq_memory_limit: int = 512 * 1024 * 1024  # address space of each jq worker (not on Windows)
     auto_compact_threshold: int = DEFAULT_AUTO_COMPACT_THRESHOLD  # 0 = never compact by itself
     license_key: str | None = None  # a token, or "@path" to a file re-read for rotation
+    license_key_check_interval_ms: int = 5_000  # how often "@path" is re-read; 0 = never

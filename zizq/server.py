@@ -18,6 +18,18 @@ from zizq import __version__
 from zizq.api.app import create_admin_app, create_primary_app
 from zizq.config import ServeConfig
 from zizq.connections import ConnectionTracker
+from zizq.license import (
+    License,
+    LicenseError,
+    LicenseState,
+    LicenseWatcher,
+    issuer_fingerprint,
+    key_path,
+    log_license,
+    read_key_file,
+    trusted_issuer_key,
+    verify_license,
+)
 from zizq.listener import Listener, ListenError, connection_limits, raise_open_file_limit
 from zizq.logs import configure_logging, effective_log_format, is_terminal, log_event
 from zizq.queue import Engine, EngineSettings
@@ -41,24 +53,41 @@ def _announce(api: str, address: tuple[str, int]) -> None:
     print(f"Listening on http://{shown} ({api})", file=sys.stderr, flush=True)
 
 
-def _log_startup(config: ServeConfig) -> None:
-    """The tier and the effective configuration, once, before the store is opened."""
-    tier = "free"  # licenses are not checked by this build yet: every server is free tier
+def _load_license(config: ServeConfig) -> tuple[License | None, str | None]:
+    """The license `--license-key` names and its token, logged; StartupError if unusable."""
     if config.license_key is None:
-        log_event(logger, logging.INFO, "no license key provided, running in free tier")
-    else:
-        log_event(
-            logger,
-            logging.WARNING,
-            "license keys are not supported by this build yet, running in free tier",
-        )
+        log_license(None)
+        return None, None
+    path = key_path(config.license_key)
+    try:
+        token = read_key_file(path) if path is not None else config.license_key
+        found = verify_license(token)
+    except LicenseError as exc:
+        raise StartupError(f"--license-key: {exc}") from None
+    log_license(found)
+    return found, token
+
+
+def _license_watcher(
+    config: ServeConfig, state: LicenseState, token: str | None
+) -> LicenseWatcher | None:
+    """A watcher for `--license-key @path` (a raw token cannot change without a restart)."""
+    path = key_path(config.license_key) if config.license_key is not None else None
+    if path is None or token is None or config.license_key_check_interval_ms <= 0:
+        return None
+    return LicenseWatcher(state, path, config.license_key_check_interval_ms, token)
+
+
+def _log_startup(config: ServeConfig, license_state: LicenseState) -> None:
+    """The effective configuration, once, before the store is opened."""
     backoff = config.default_backoff
     log_event(
         logger,
         logging.INFO,
         "configuration",
         version=__version__,
-        tier=tier,
+        tier=str(license_state.tier()),
+        license_issuer=issuer_fingerprint(trusted_issuer_key()),
         root_dir=str(config.root_dir),
         default_commit_mode=config.default_commit_mode,
         enqueue_commit_mode=config.enqueue_commit_mode,
@@ -124,13 +153,17 @@ def _open_store(config: ServeConfig) -> Store:
         ) from None
 
 
-async def serve(config: ServeConfig) -> int:
+async def serve(config: ServeConfig, license_state: LicenseState, token: str | None) -> int:
     try:
         store = _open_store(config)
     except StartupError as exc:
         return _fail(str(exc))
     log_event(logger, logging.INFO, "store opened", root_dir=str(config.root_dir))
-    engine = Engine(store, EngineSettings.from_config(config))
+    license_state.start()  # logs the moment the license expires
+    watcher = _license_watcher(config, license_state, token)
+    if watcher is not None:
+        watcher.start()
+    engine = Engine(store, EngineSettings.from_config(config), license_state)
     maintenance = Maintenance(store, __version__, config.auto_compact_threshold)
     maintenance.remove_stale_backups()  # left behind if a previous server died mid-backup
     engine.maintenance = maintenance
@@ -195,6 +228,9 @@ async def serve(config: ServeConfig) -> int:
         return _fail(f"cannot start on the store in '{config.root_dir}': {exc}")
     finally:
         # Streams end first (their jobs go back to ready), then the listeners, then the store.
+        if watcher is not None:
+            await watcher.stop()
+        license_state.stop()
         if engine_started:
             await engine.stop()
         await asyncio.gather(*(listener.stop(SHUTDOWN_GRACE_S) for listener in listeners))
@@ -214,13 +250,18 @@ def run(config: ServeConfig) -> int:
     except OSError as exc:
         flag = "--log-to-disk" if config.log_dir == config.root_dir / "log" else "--log-dir"
         return _fail(f"{flag} {str(config.log_dir)!r} is not writable: {_reason(exc)}")
-    _log_startup(config)
+    try:
+        found, token = _load_license(config)
+    except StartupError as exc:
+        return _fail(str(exc))
+    license_state = LicenseState(found)
+    _log_startup(config, license_state)
     try:
         import uvloop
     except ImportError:  # Windows has no uvloop; the default loop works, only slower
-        code = asyncio.run(serve(config))
+        code = asyncio.run(serve(config, license_state, token))
     else:
-        code = uvloop.run(serve(config))
+        code = uvloop.run(serve(config, license_state, token))
     if code == 0:
         print("Server stopped.", file=sys.stderr, flush=True)
     return code

@@ -7,6 +7,7 @@ import logging
 import falcon
 
 from zizq.api import codec
+from zizq.license import LicenseRequired
 from zizq.queue.errors import Conflict, EngineError, InvalidInput, NotFound, ProFeatureRequired
 from zizq.queue.pools import PoolBusy
 from zizq.store import StoreUnavailable
@@ -48,6 +49,10 @@ async def engine_error(req, resp, error: EngineError, params) -> None:
     _write_error(req, resp, _STATUS.get(type(error), 400), str(error))
 
 
+async def license_required(req, resp, error: LicenseRequired, params) -> None:
+    _write_error(req, resp, 403, str(error))
+
+
 async def store_unavailable(req, resp, error: StoreUnavailable, params) -> None:
     """Nothing of the request was stored; retrying later is safe (GET /health says when)."""
     resp.set_header("Retry-After", "1")
@@ -80,6 +85,7 @@ def http_error(req, resp, error: falcon.HTTPError) -> None:
 def install(app: falcon.asgi.App) -> None:
     app.add_error_handler(Exception, unexpected_error)
     app.add_error_handler(EngineError, engine_error)
+    app.add_error_handler(LicenseRequired, license_required)
     app.add_error_handler(StoreUnavailable, store_unavailable)
     app.add_error_handler(PoolBusy, pool_busy)
     app.set_error_serializer(lambda req, resp, error: http_error(req, resp, error))

@@ -75,8 +75,8 @@ root_dir_option = option(
 )
 license_key_option = option(
     "--license-key",
-    "License key (a JWT) or @path to a file holding it. Accepted now; pro features "
-    "(unique and batched jobs, crons, mutual TLS) are not in this build yet.",
+    "License key (a JWT) or @path to a file holding it; with @path a rotated key is "
+    "picked up live. Without one the server runs in the free tier.",
     short="-k",
     default=None,
     show_default=False,

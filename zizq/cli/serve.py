@@ -129,6 +129,7 @@ def serve_config_from_params(**params: Any) -> ServeConfig:
     return ServeConfig(
         root_dir=Path(params["root_dir"]),
         license_key=params["license_key"],
+        license_key_check_interval_ms=params.get("license_key_check_interval", 5_000),
         host=params["host"],
         port=params["port"],
         admin_host=params["admin_host"],
@@ -293,6 +294,13 @@ _SERVE_OPTIONS: list[Callable[[F], F]] = [
         "How long dead jobs are kept (0 = remove at once).",
         type=DURATION,
         default="7d",
+    ),
+    _option(
+        "--license-key-check-interval",
+        "How often a license key given as @path is re-read, so a rotated key takes effect "
+        "without a restart (0 = never).",
+        type=DurationType(maximum=MAX_I32),
+        default="5s",
     ),
     _option(
         "--reaper-check-interval",

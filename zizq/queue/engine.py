@@ -19,6 +19,7 @@ import logging
 from dataclasses import dataclass
 
 from zizq.config import BackoffPolicy, ServeConfig
+from zizq.license import LicenseState
 from zizq.logs import log_event
 from zizq.queue import jq_sandbox
 from zizq.queue.backoff import policy_from_record, retry_delay_ms
@@ -88,8 +89,12 @@ class EngineSettings:
 
 
 class Engine(JobControl):
-    def __init__(self, store: Store, settings: EngineSettings) -> None:
+    def __init__(
+        self, store: Store, settings: EngineSettings, license: LicenseState | None = None
+    ) -> None:
         self.store = store
+        # Pro features ask it at the moment they are used (an expired license is free tier).
+        self.license = license if license is not None else LicenseState()
         self.settings = settings
         self.committer = Committer(store)
         store.sync_writes = settings.default_commit_mode is CommitMode.FSYNC
