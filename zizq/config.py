@@ -348,3 +348,11 @@ class ServeConfig:
     auto_compact_threshold: int = DEFAULT_AUTO_COMPACT_THRESHOLD  # 0 = never compact by itself
     license_key: str | None = None  # a token, or "@path" to a file re-read for rotation
     license_key_check_interval_ms: int = 5_000  # how often "@path" is re-read; 0 = never
+    # TLS per listener: a certificate chain and its key (PEM files) serve https; a client
+    # CA on top requires every client to present a certificate it signed (mutual TLS, pro).
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    admin_tls_cert: Path | None = None
+    admin_tls_key: Path | None = None
+    admin_tls_client_ca: Path | None = None

@@ -6,6 +6,9 @@ We bind the socket ourselves, before Granian starts, for three reasons: a host n
 which lets a second server bind the same port and silently split the traffic between two
 databases; and a bind error must be one clear line, not a traceback from a worker task.
 Binding first also tells us the real port behind `--port 0` before we announce it.
+
+With TLS files Granian terminates TLS itself (rustls) and offers `h2` and `http/1.1` by
+ALPN on the same port; with a client CA it also requires and verifies client certificates.
 """
 
 from __future__ import annotations
@@ -14,15 +17,21 @@ import asyncio
 import contextlib
 import os
 import socket
+import ssl
 import sys
 from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-from granian.constants import HTTPModes, Interfaces
+from granian.constants import HTTPModes, Interfaces, SSLProtocols
 from granian.http import HTTP1Settings, HTTP2Settings
 from granian.net import SocketHolder
 from granian.server.embed import Server
 
 from zizq.connections import ConnectionTracker, IdleReaper
+
+if TYPE_CHECKING:  # zizq.tls loads `cryptography`, which a plain-HTTP server never needs
+    from zizq.tls import TlsFiles
 
 BACKLOG = 1024
 # Descriptors kept free for everything that is not a client connection: RocksDB's files,
@@ -159,13 +168,51 @@ class Listener:
         idle_timeout_s: float = 75.0,
         max_connections: int = 1024,
         tracker: ConnectionTracker | None = None,
+        tls: TlsFiles | None = None,
     ) -> None:
-        """Bind now (raises `ListenError`); `start` serves. `api` names the listener in errors."""
+        """Bind now (raises `ListenError`); `start` serves. `api` names the listener in errors.
+
+        `tls` must have been checked (`zizq.tls.check_listener_files`): Granian reads the
+        files again only when its worker starts, after we have announced the listener.
+        """
+        self.scheme = "https" if tls is not None else "http"
         self._sock = bind_socket(host, port, api)
+        try:
+            self._init_server(app, api, idle_timeout_s, max_connections, tracker, tls)
+        except BaseException:
+            self.close_socket()
+            raise
+        self._task: asyncio.Task | None = None
+
+    def _init_server(
+        self,
+        app,
+        api: str,
+        idle_timeout_s: float,
+        max_connections: int,
+        tracker: ConnectionTracker | None,
+        tls: TlsFiles | None,
+    ) -> None:
         address = self._sock.getsockname()
         self.bound: asyncio.Future[tuple[str, int]] = asyncio.get_running_loop().create_future()
         self._reaper = IdleReaper(address[1], idle_timeout_s, tracker or ConnectionTracker())
-        self._server = _BoundServer(
+        try:
+            self._server = self._make_server(app, address, max_connections, idle_timeout_s, tls)
+        except (OSError, ssl.SSLError) as exc:
+            # Granian loads the pair into an ssl.SSLContext here as a check of its own; after
+            # ours this fails only if a file changed in between.
+            reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or exc
+            raise ListenError(f"cannot set up TLS for the {api} API: {reason}") from None
+
+    def _make_server(
+        self,
+        app,
+        address: tuple[str, int],
+        max_connections: int,
+        idle_timeout_s: float,
+        tls: TlsFiles | None,
+    ) -> _BoundServer:
+        return _BoundServer(
             app,
             address=address[0],
             port=address[1],
@@ -189,10 +236,17 @@ class Listener:
                 keep_alive_interval=None,
             ),
             log_enabled=False,
+            # Granian's default is TLS 1.3 only; 1.2 keeps older clients and proxies working
+            # (rustls offers only its safe AEAD suites for either).
+            ssl_protocol_min=SSLProtocols.tls12,
+            ssl_cert=Path(tls.cert) if tls is not None else None,
+            ssl_key=Path(tls.key) if tls is not None else None,
+            ssl_ca=Path(tls.client_ca) if tls is not None and tls.client_ca else None,
+            # With a CA, rustls refuses a handshake without a client certificate it signed.
+            ssl_client_verify=tls is not None and tls.client_ca is not None,
             sock=self._sock,
             on_bound=self._bound,
         )
-        self._task: asyncio.Task | None = None
 
     def _bound(self, address: tuple[str, int]) -> None:
         if not self.bound.done():

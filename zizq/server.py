@@ -13,14 +13,17 @@ import signal
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from zizq import __version__
 from zizq.api.app import create_admin_app, create_primary_app
 from zizq.config import ServeConfig
 from zizq.connections import ConnectionTracker
 from zizq.license import (
+    Feature,
     License,
     LicenseError,
+    LicenseRequired,
     LicenseState,
     LicenseWatcher,
     issuer_fingerprint,
@@ -36,12 +39,15 @@ from zizq.queue import Engine, EngineSettings
 from zizq.queue.maintenance import Maintenance
 from zizq.store import Store, StoreError
 
+if TYPE_CHECKING:  # zizq.tls loads `cryptography`: imported only when TLS is configured
+    from zizq.tls import TlsFiles
+
 logger = logging.getLogger("zizq.server")
 
 SHUTDOWN_GRACE_S = 3.0
 
 
-def _announce(api: str, address: tuple[str, int]) -> None:
+def _announce(api: str, address: tuple[str, int], scheme: str = "http") -> None:
     """The listener's log line (scripts read its port there) and the human line on stderr.
 
     The human lines go to stderr so that stdout carries log records only: with
@@ -49,8 +55,50 @@ def _announce(api: str, address: tuple[str, int]) -> None:
     """
     host, port = address
     shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    log_event(logger, logging.INFO, f"{api} API listening", api=api, addr=shown, scheme="http")
-    print(f"Listening on http://{shown} ({api})", file=sys.stderr, flush=True)
+    log_event(logger, logging.INFO, f"{api} API listening", api=api, addr=shown, scheme=scheme)
+    print(f"Listening on {scheme}://{shown} ({api})", file=sys.stderr, flush=True)
+
+
+def _tls_settings(config: ServeConfig, license_state: LicenseState) -> dict[str, TlsFiles | None]:
+    """Each listener's checked TLS files (None = plain HTTP), or StartupError naming the flag.
+
+    Checked before the store is opened, so a bad certificate changes nothing on disk. Mutual
+    TLS is checked against the license once, here: a listener keeps requiring client
+    certificates if the license expires later (turning that off would open the port).
+    """
+    given = {
+        "primary": (config.tls_cert, config.tls_key, config.tls_client_ca, "--"),
+        "admin": (
+            config.admin_tls_cert,
+            config.admin_tls_key,
+            config.admin_tls_client_ca,
+            "--admin-",
+        ),
+    }
+    if not config.admin_enabled:
+        del given["admin"]
+    if all(value is None for *paths, _prefix in given.values() for value in paths):
+        return {}
+    # Only now: `cryptography` adds a tenth of a second to the start of every plain server.
+    from zizq.tls import TlsError, check_listener_files, listener_files
+
+    settings: dict[str, TlsFiles | None] = {}
+    for api, (cert, key, client_ca, prefix) in given.items():
+        try:
+            files = listener_files(cert, key, client_ca, prefix)
+            if files is not None and files.client_ca is not None:
+                try:
+                    license_state.require(Feature.MUTUAL_TLS)
+                except LicenseRequired as exc:
+                    raise StartupError(
+                        f"cannot enable mutual TLS ({prefix}tls-client-ca): {exc}"
+                    ) from None
+            if files is not None:
+                check_listener_files(files, prefix)
+        except TlsError as exc:
+            raise StartupError(str(exc)) from None
+        settings[api] = files
+    return settings
 
 
 def _load_license(config: ServeConfig) -> tuple[License | None, str | None]:
@@ -155,6 +203,7 @@ def _open_store(config: ServeConfig) -> Store:
 
 async def serve(config: ServeConfig, license_state: LicenseState, token: str | None) -> int:
     try:
+        tls = _tls_settings(config, license_state)
         store = _open_store(config)
     except StartupError as exc:
         return _fail(str(exc))
@@ -191,6 +240,7 @@ async def serve(config: ServeConfig, license_state: LicenseState, token: str | N
                 idle_timeout_s=idle_timeout_s,
                 max_connections=slots,
                 tracker=tracker,
+                tls=tls.get(api),
             )
             listeners.append(made)
             return made
@@ -218,8 +268,8 @@ async def serve(config: ServeConfig, license_state: LicenseState, token: str | N
         gc.freeze()
         gc.set_threshold(50_000, 20, 20)
         if admin is not None:
-            _announce("admin", await admin.start())
-        _announce("primary", await primary.start())
+            _announce("admin", await admin.start(), admin.scheme)
+        _announce("primary", await primary.start(), primary.scheme)
         await stop.wait()
         log_event(logger, logging.INFO, "shutting down")
     except ListenError as exc:

@@ -309,9 +309,9 @@ def test_bulk_checks_every_job_before_the_license(api):
     status, error, _ = api.post("/jobs/bulk", {"jobs": jobs})
     assert_error(status, error, 400, "jobs[1]", "queue")
     status, error, _ = api.post("/jobs/bulk", {"jobs": [JOB, {**JOB, "unique_key": "k"}]})
-    assert_error(status, error, 403, "jobs[1].unique_key")
+    assert_error(status, error, 403, "unique jobs requires a pro license")
     status, error, _ = api.post("/jobs", {**JOB, "unique_key": "k", "unique_while": "active"})
-    assert_error(status, error, 403, "unique_key")
+    assert_error(status, error, 403, "unique jobs requires a pro license")
 
 
 # -- 5. bulk ack: empty or missing ids are 400, repeats count once (handlers.rs:872-880, 6643) --

@@ -13,6 +13,7 @@ import re
 import shlex
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -26,6 +27,16 @@ import orjson
 
 LISTENING = re.compile(r"^Listening on (\w+)://(\S+) \((primary|admin)\)$")
 START_TIMEOUT_S = 30.0
+
+
+def tls_context(
+    ca: Path | str, cert: Path | str | None = None, key: Path | str | None = None
+) -> ssl.SSLContext:
+    """A client context trusting `ca` and, for mutual TLS, presenting `cert` and `key`."""
+    context = ssl.create_default_context(cafile=str(ca))
+    if cert is not None:
+        context.load_cert_chain(str(cert), str(key) if key is not None else None)
+    return context
 
 
 def zizq_command() -> list[str]:
@@ -170,11 +181,23 @@ class Api:
     """A blocking client speaking JSON or MessagePack over HTTP/1.1 or h2c."""
 
     def __init__(
-        self, base_url: str, fmt: str = "json", http2: bool = False, timeout: float = 15.0
+        self,
+        base_url: str,
+        fmt: str = "json",
+        http2: bool = False,
+        timeout: float = 15.0,
+        verify: ssl.SSLContext | None = None,
     ) -> None:
+        """`verify` is the TLS context for an https:// server (see `tls_context`)."""
         self.fmt = fmt
         self.http2 = http2
-        self.client = httpx.Client(base_url=base_url, http1=not http2, http2=http2, timeout=timeout)
+        self.client = httpx.Client(
+            base_url=base_url,
+            http1=not http2,
+            http2=http2,
+            timeout=timeout,
+            **({"verify": verify} if verify is not None else {}),
+        )
 
     def close(self) -> None:
         self.client.close()
@@ -253,6 +276,7 @@ class TakeStream:
         prefetch: int | None = None,
         fmt: str = "json",
         http2: bool = False,
+        verify: ssl.SSLContext | None = None,
     ) -> None:
         params = {}
         if queues is not None:
@@ -264,7 +288,11 @@ class TakeStream:
         )
         self.fmt = fmt
         self.client = httpx.Client(
-            base_url=base_url, http1=not http2, http2=http2, timeout=httpx.Timeout(30.0)
+            base_url=base_url,
+            http1=not http2,
+            http2=http2,
+            timeout=httpx.Timeout(30.0),
+            **({"verify": verify} if verify is not None else {}),
         )
         self._items: queue.Queue = queue.Queue()
         self._closed = threading.Event()

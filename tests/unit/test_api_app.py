@@ -71,7 +71,7 @@ def test_enqueue_msgpack_body(call):
         ({**JOB, "queue": "a*b"}, 400, "queue"),
         ({"queue": "q", "type": "t"}, 400, "payload"),
         ({**JOB, "backoff": {"base_ms": 1}}, 400, "backoff.exponent"),
-        ({**JOB, "unique_key": "k"}, 403, "unique_key"),
+        ({**JOB, "unique_key": "k"}, 403, "unique jobs requires a pro license"),
         ({**JOB, "unique_while": "active"}, 400, "unique_key"),
     ],
 )

@@ -8,7 +8,14 @@ import falcon
 
 from zizq.api import codec
 from zizq.license import LicenseRequired
-from zizq.queue.errors import Conflict, EngineError, InvalidInput, NotFound, ProFeatureRequired
+from zizq.queue.errors import (
+    Conflict,
+    EngineError,
+    InvalidInput,
+    NotFound,
+    ProFeatureRequired,
+    Unprocessable,
+)
 from zizq.queue.pools import PoolBusy
 from zizq.store import StoreUnavailable
 
@@ -19,6 +26,7 @@ _STATUS = {
     ProFeatureRequired: 403,
     NotFound: 404,
     Conflict: 422,
+    Unprocessable: 422,
 }
 
 

@@ -50,7 +50,7 @@ class BulkJobs:
             specs = await read_parsed(req, parse_bulk)
         except TooLarge as exc:
             raise falcon.HTTPPayloadTooLarge(description=str(exc)) from None
-        jobs = [enqueue_view(job) for job in await self._engine.enqueue(specs)]
+        jobs = [enqueue_view(job) for job in await self._engine.enqueue(specs, bulk=True)]
         # 200 only when no job at all was created (every one a duplicate or folded).
         created = not jobs or any(is_new_job(job) for job in jobs)
         respond(req, resp, {"jobs": jobs}, 201 if created else 200, media)

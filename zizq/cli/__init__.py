@@ -22,6 +22,7 @@ from zizq.cli.common import (
 from zizq.cli.compact import compact as compact_command
 from zizq.cli.restore import restore as restore_command
 from zizq.cli.serve import serve as serve_command  # keeps `zizq.cli.serve` naming the module
+from zizq.cli.tls import tls as tls_command
 
 __all__ = ["main"]
 
@@ -109,3 +110,4 @@ main.add_command(serve_command)
 main.add_command(backup_command)
 main.add_command(restore_command)
 main.add_command(compact_command)
+main.add_command(tls_command)

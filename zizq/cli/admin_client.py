@@ -81,18 +81,47 @@ def normalize_url(url: str) -> str:
     return f"{parts.scheme.lower()}://{parts.netloc}{parts.path.rstrip('/')}"
 
 
+def _readable(path: Path, flag: str) -> str:
+    """`path` as a string once it can be opened; else an AdminError naming `flag`."""
+    try:
+        with open(path, "rb") as handle:
+            handle.read(1)
+    except OSError as exc:
+        raise AdminError(f"cannot read {flag} {str(path)!r}: {exc.strerror or exc}") from None
+    return str(path)
+
+
 def ssl_context(
     ca_cert: Path | None, client_cert: Path | None, client_key: Path | None
 ) -> ssl.SSLContext:
-    """Verify the server against `ca_cert` (else the system CAs); present a client cert if given."""
+    """Verify the server against `ca_cert` (else the system CAs); present a client cert if given.
+
+    Each file is opened first so that an error names the flag whose file is wrong; OpenSSL
+    alone would say "No such file" or "PEM lib" without saying which.
+    """
     if (client_cert is None) != (client_key is None):
         raise click.UsageError("--client-cert and --client-key must be given together")
-    try:
-        context = ssl.create_default_context(cafile=str(ca_cert) if ca_cert else None)
-        if client_cert is not None and client_key is not None:
-            context.load_cert_chain(str(client_cert), str(client_key))
-    except (OSError, ssl.SSLError) as exc:
-        raise AdminError(f"cannot load the TLS certificates: {_reason(exc)}") from None
+    context = ssl.create_default_context()
+    if ca_cert is not None:
+        try:
+            context.load_verify_locations(cafile=_readable(ca_cert, "--ca-cert"))
+        except ssl.SSLError:
+            raise AdminError(
+                f"--ca-cert {str(ca_cert)!r} holds no PEM certificate (BEGIN CERTIFICATE)"
+            ) from None
+    if client_cert is not None and client_key is not None:
+        cert, key = _readable(client_cert, "--client-cert"), _readable(client_key, "--client-key")
+        try:
+            context.load_cert_chain(cert, key)
+        except ssl.SSLError as exc:
+            if "KEY_VALUES_MISMATCH" in str(exc).upper() or "key values mismatch" in str(exc):
+                reason = f"--client-key {key!r} does not match --client-cert {cert!r}"
+            else:
+                reason = (
+                    f"--client-cert {cert!r} and --client-key {key!r} must be a PEM "
+                    "certificate and its unencrypted PEM key"
+                )
+            raise AdminError(reason) from None
     return context
 
 
@@ -220,8 +249,10 @@ class AdminClient:
             return AdminError(f"TLS handshake with {self.url} failed: {_reason(exc)}{hint}")
         if isinstance(exc, http.client.IncompleteRead):
             return AdminError(f"the connection to {self.url} broke off mid-response")
-        if isinstance(exc, http.client.RemoteDisconnected):
-            return AdminError(f"{self.url} closed the connection without answering")
+        if isinstance(exc, http.client.RemoteDisconnected | http.client.BadStatusLine):
+            # What a TLS listener does with a plain-HTTP request.
+            hint = "" if self._https else " (if it serves HTTPS, give an https:// --url)"
+            return AdminError(f"{self.url} closed the connection without answering{hint}")
         return AdminError(f"request to {self.url} failed: {_reason(exc)}")
 
     def _http_error(self, response: http.client.HTTPResponse) -> str:

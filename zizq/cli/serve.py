@@ -60,6 +60,14 @@ TIMER_MS = DURATION
 # platform's time_t, so the limit is capped well before (a call is killed after it anyway).
 JQ_TIME_MS = DurationType(maximum=MAX_I32)
 LOG_LEVELS = ("trace", "debug", "info", "warn", "warning", "error")
+TLS_PARAMS = (
+    "tls_cert",
+    "tls_key",
+    "tls_client_ca",
+    "admin_tls_cert",
+    "admin_tls_key",
+    "admin_tls_client_ca",
+)
 BACKOFF_FLAGS = ("--default-backoff-base", "--default-backoff-exponent", "--default-backoff-jitter")
 
 _option = option
@@ -120,6 +128,10 @@ def _log_dir(params: dict[str, Any]) -> Path | None:
     return None
 
 
+def _path(value: Any) -> Path | None:
+    return Path(value) if value not in (None, "") else None
+
+
 def serve_config_from_params(**params: Any) -> ServeConfig:
     """Map `serve`'s parameter values (click's names) onto a `ServeConfig`.
 
@@ -159,6 +171,7 @@ def serve_config_from_params(**params: Any) -> ServeConfig:
         jq_time_limit_ms=params["jq_time_limit"],
         jq_memory_limit=params["jq_memory_limit"],
         auto_compact_threshold=params.get("auto_compact_threshold", DEFAULT_AUTO_COMPACT_THRESHOLD),
+        **{name: _path(params.get(name)) for name in TLS_PARAMS},
     )
 
 
@@ -180,6 +193,40 @@ def _run(config: ServeConfig) -> int:
 
 # --- the command -----------------------------------------------------------------------
 
+
+def _tls_options(prefix: str, api: str) -> list[Callable[[F], F]]:
+    """`--[admin-]tls-cert`, `--[admin-]tls-key`, `--[admin-]tls-client-ca` (PEM file paths).
+
+    Plain strings, not click.Path(exists=True): the server checks the files at start and
+    says in one line what is wrong with one (unreadable, no key, expired, mismatched).
+    """
+    flag = f"--{prefix}tls"
+    return [
+        _option(
+            f"{flag}-cert",
+            f"PEM certificate chain for the {api} API: serve it over HTTPS (with {flag}-key).",
+            metavar="PATH",
+            default=None,
+            show_default=False,
+        ),
+        _option(
+            f"{flag}-key",
+            f"PEM private key of {flag}-cert (unencrypted).",
+            metavar="PATH",
+            default=None,
+            show_default=False,
+        ),
+        _option(
+            f"{flag}-client-ca",
+            f"PEM CA certificate(s): the {api} API then requires a client certificate "
+            f"signed by one (mutual TLS; needs {flag}-cert/-key and a pro license).",
+            metavar="PATH",
+            default=None,
+            show_default=False,
+        ),
+    ]
+
+
 _SERVE_OPTIONS: list[Callable[[F], F]] = [
     root_dir_option,
     license_key_option,
@@ -190,6 +237,8 @@ _SERVE_OPTIONS: list[Callable[[F], F]] = [
         "--admin-port", "Port of the admin API (0 = pick a free port).", type=PORT, default=8901
     ),
     _option("--no-admin", "Do not start the admin API.", is_flag=True, show_default=False),
+    *_tls_options("", "primary"),
+    *_tls_options("admin-", "admin"),
     _option(
         "--log-format",
         "Log line format: pretty (coloured on a terminal), compact (one plain line per "

@@ -62,6 +62,7 @@ class JobControl:
     _writes_open: Callable[[], Awaitable[None]]
     _index_waiting: Callable[[str, dict], None]
     _after_index_change: Callable[[], None]
+    _forget_keys: Callable[[WriteBatch, str, dict], None]
 
     async def _reap_due(self) -> None:
         """Remove expired jobs now, so counters never count a job that is already invisible."""
@@ -200,6 +201,7 @@ class JobControl:
         if record is None or is_purged(record, now_ms()):
             raise NotFound("job not found")
         batch = self.store.batch()
+        self._forget_keys(batch, job_id, record)
         batch.delete_job(job_id, index_key_of(record))
         self._write_visible(batch)
         self._deletes_landed([job_id])
@@ -234,7 +236,9 @@ class JobControl:
                     and not is_purged(record, now)
                     and job_filter.matches_record(record)
                 ):
-                    current.append((job_id, record))  # the jq verdict holds: payloads never change
+                    # The jq verdict holds: a payload changes only by a batch fold, which
+                    # only merges more in (and an open batch job is rarely bulk-changed).
+                    current.append((job_id, record))
             yield current
             await let_requests_in()
 
@@ -268,6 +272,7 @@ class JobControl:
                 continue
             batch = self.store.batch()
             for job_id, record in found:
+                self._forget_keys(batch, job_id, record)
                 batch.delete_job(job_id, index_key_of(record))
             self._write_visible(batch)
             self._deletes_landed([job_id for job_id, _ in found])

@@ -36,6 +36,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
+from collections.abc import Callable
 
 from zizq.logs import log_event
 from zizq.queue.consumer import Consumer, Delivery
@@ -84,6 +85,11 @@ class Dispatcher:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._write_failing = False  # log a failed dispatch write once per outage
         self._retry: asyncio.TimerHandle | None = None
+        # Ready jobs a fold is rewriting (zizq.queue.keyed): not dispatched until released.
+        # The value says whether a pass skipped the job (its heap entry was dropped).
+        self._held: dict[str, bool] = {}
+        # Called for each dispatched job with a batch config, to seal its batch in the pass.
+        self.on_dispatch_batched: Callable[[WriteBatch, str, dict], None] | None = None
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         """Passes run on this loop (the engine's), whoever asks for one."""
@@ -110,6 +116,20 @@ class Dispatcher:
 
     def consumers(self) -> list[Consumer]:
         return list(self._consumers)
+
+    # -- fold holds ----------------------------------------------------------
+
+    def hold(self, job_id: str) -> None:
+        self._held.setdefault(job_id, False)
+
+    def release_hold(self, job_id: str) -> None:
+        """The fold is written or abandoned: the job may go out (its entry returns if dropped)."""
+        skipped = self._held.pop(job_id, None)
+        if skipped:
+            record = self._store.get_job(job_id)
+            if record is not None and record["status"] == READY:
+                self._ready.push(record["queue"], record["priority"], job_id)
+                self.request_pump()
 
     # -- acks --------------------------------------------------------------
 
@@ -149,6 +169,9 @@ class Dispatcher:
             if entry is None:
                 return None
             queue, priority, job_id = entry
+            if job_id in self._held:
+                self._held[job_id] = True  # pushed back when the fold releases it
+                continue
             if job_id in self.in_flight:
                 # A duplicate entry (left by a patch) of a job this very pass
                 # assigned: the store does not say in_flight until the pass writes.
@@ -193,6 +216,8 @@ class Dispatcher:
                 record["status"] = IN_FLIGHT
                 record["dequeued_at"] = now
                 batch.put_job(job_id, record, previous)
+                if "batch" in record and self.on_dispatch_batched is not None:
+                    self.on_dispatch_batched(batch, job_id, record)
                 self.in_flight[job_id] = InFlightEntry(record, consumer)
                 consumer.in_flight.add(job_id)
                 jobs = pass_.assigned.get(consumer)

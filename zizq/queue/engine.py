@@ -21,8 +21,9 @@ from dataclasses import dataclass
 from zizq.config import BackoffPolicy, ServeConfig
 from zizq.license import LicenseState
 from zizq.logs import log_event
-from zizq.queue import jq_sandbox
+from zizq.queue import batching, jq_sandbox
 from zizq.queue.backoff import policy_from_record, retry_delay_ms
+from zizq.queue.batching import BatchExpressions
 from zizq.queue.consumer import Consumer
 from zizq.queue.control import JobControl
 from zizq.queue.dispatch import Dispatcher, InFlightEntry
@@ -30,6 +31,8 @@ from zizq.queue.errors import NotFound
 from zizq.queue.ids import new_id, plausible_id
 from zizq.queue.indexes import ReadyIndex
 from zizq.queue.jq_sandbox import JqSandbox
+from zizq.queue.keyed import KeyedJobs
+from zizq.queue.keylocks import KeyLocks
 from zizq.queue.maintenance import Maintenance
 from zizq.queue.pools import BoundedPool
 from zizq.queue.reaper import Reaper
@@ -88,7 +91,7 @@ class EngineSettings:
         )
 
 
-class Engine(JobControl):
+class Engine(JobControl, KeyedJobs):
     def __init__(
         self, store: Store, settings: EngineSettings, license: LicenseState | None = None
     ) -> None:
@@ -99,15 +102,19 @@ class Engine(JobControl):
         self.committer = Committer(store)
         store.sync_writes = settings.default_commit_mode is CommitMode.FSYNC
         self.ready = ReadyIndex()
+        # Unique and batch keys: locks held by enqueues deciding about them.
+        self.locks = KeyLocks()
         self.dispatcher = Dispatcher(store, self.ready, settings.global_in_flight_limit)
+        self.dispatcher.on_dispatch_batched = self._seal_on_dispatch
         self.scheduler = Scheduler(store, self.ready, self.dispatcher)
-        self.reaper = Reaper(store, settings.reaper_check_interval_ms)
+        self.reaper = Reaper(store, settings.reaper_check_interval_ms, self._forget_keys)
         self.maintenance: Maintenance | None = None  # set by the server: backups, compaction
         # jq never runs in this process: its workers start on first use.
         self.jq = JqSandbox(
             settings.jq_workers, settings.jq_time_limit_ms, settings.jq_memory_limit
         )
         # Scans (counts, listings, bulk patch/delete walks) run here, apart from admin work.
+        self.batches = BatchExpressions(self.jq)
         self.query_pool = BoundedPool("zizq-query", workers=QUERY_THREADS, max_waiting=64)
         self._reset_gate: asyncio.Future | None = None  # set while POST /reset drains writes
         # In-flight jobs whose requeue the store refused (disk full): retried every second.
@@ -154,15 +161,24 @@ class Engine(JobControl):
             record["backoff"] = spec.backoff
         if spec.retention is not None:
             record["retention"] = spec.retention
+        if spec.unique_key is not None:
+            record["unique_key"] = spec.unique_key
+            record["unique_while"] = spec.unique_while
+        if spec.batch is not None:
+            record["batch"] = spec.batch
         return record
 
-    async def enqueue(self, specs: list[JobSpec]) -> list[dict]:
+    async def enqueue(self, specs: list[JobSpec], bulk: bool = False) -> list[dict]:
         """Create jobs atomically; returns their public views in input order.
 
         A big bulk is built in slices, letting other requests in between them;
         it stays atomic because nothing of it is visible (in the store or in
-        memory) until its one write batch lands.
+        memory) until its one write batch lands. Jobs with unique or batch keys
+        take the locked path (zizq.queue.keyed); `bulk` only words its errors.
         """
+        for spec in specs:
+            if spec.keyed:
+                return await self._enqueue_keyed(specs, bulk)
         now = now_ms()
         batch = self.store.batch()
         created = []
@@ -189,6 +205,22 @@ class Engine(JobControl):
         await self._writes_open()
         await self.committer.commit(batch, self.settings.enqueue_commit_mode, landed=landed)
         return [public_view(job_id, record, duplicate=False) for job_id, record in created]
+
+    def _forget_keys(self, batch: WriteBatch, job_id: str, record: dict) -> None:
+        """A job is being deleted: its unique or batch key stops pointing at it."""
+        if "unique_key" in record or "batch" in record:
+            self.locks.forget(self.store, batch, job_id, record)
+
+    def _seal_on_dispatch(self, batch: WriteBatch, job_id: str, record: dict) -> None:
+        """Dispatch seals a batch: its open job takes no more folds, even if retried later.
+
+        Whatever holds the key's lock writes synchronously after this, so the
+        key is cleared even while locked (a fold target is held back from
+        dispatch, so it cannot be this job).
+        """
+        key = batching.index_key(record["batch"]["key"])
+        if self.store.get_keyed(key) == job_id:
+            batch.delete_keyed(key)
 
     def _index_waiting(self, job_id: str, record: dict) -> None:
         if record["status"] == READY:
@@ -308,6 +340,7 @@ class Engine(JobControl):
         )
         keep_ms = retention.get(key, default)
         if keep_ms <= 0:
+            self._forget_keys(batch, job_id, record)
             batch.delete_job(job_id, previous)
             return None
         record["purge_at"] = later(now, keep_ms)

@@ -19,3 +19,7 @@ class Conflict(EngineError):
 
 class ProFeatureRequired(EngineError):
     """The request uses a feature that needs a pro license (403)."""
+
+
+class Unprocessable(Conflict):
+    """Well-formed but cannot be carried out, e.g. a batch expression that fails (422)."""

@@ -345,6 +345,39 @@ class JqSandbox:
     async def aevaluate(self, expression: str, value: Any, field: str = "filter") -> list[Any]:
         return await self._waiters.run(self.evaluate, expression, value, field)
 
+    def evaluate_many(
+        self, expression: str, values: Sequence[Any], field: str = "filter"
+    ) -> list[tuple[bool, Any]]:
+        """One program over many JSON values: per value (True, outputs) or (False, error).
+
+        Values go to the workers in calls of at most MATCH_BATCH values /
+        MATCH_BATCH_BYTES bytes, each call with its own deadline; a worker that has
+        spent a quarter of the limit answers what it has done and gets the rest anew.
+        """
+        check_text(expression, field)
+        packed = [msgpack.packb(value) for value in values]
+        results: list[tuple[bool, Any]] = []
+        position = 0
+        while position < len(packed):
+            end, size = position, 0
+            while end < len(packed) and end - position < MATCH_BATCH:
+                size += len(packed[end])
+                end += 1
+                if size >= MATCH_BATCH_BYTES:
+                    break
+            got = self._call("eval", expression, packed[position:end], field, self._deadline())
+            if not got:
+                raise InvalidInput(f"{field}: the jq worker answered nothing")
+            # A worker past a quarter of the limit answers a prefix: send the rest again.
+            results.extend((bool(ok), result) for ok, result in got)
+            position += len(got)
+        return results
+
+    async def aevaluate_many(
+        self, expression: str, values: Sequence[Any], field: str = "filter"
+    ) -> list[tuple[bool, Any]]:
+        return await self._waiters.run(self.evaluate_many, expression, values, field)
+
     # -- machinery ----------------------------------------------------------
 
     def _deadline(self) -> float:

@@ -9,21 +9,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 
 from zizq.logs import log_event
 from zizq.queue.indexes import TimerHeap
 from zizq.queue.pacing import let_requests_in
 from zizq.queue.records import TERMINAL, now_ms
-from zizq.store import Store, index_key_of
+from zizq.store import Store, WriteBatch, index_key_of
 
 logger = logging.getLogger("zizq.reaper")
 
 REAP_SLICE = 1000  # expired jobs deleted per write batch
 
 
+# Called for each purged job in the purge's write batch (the engine clears its keys).
+ForgetKeys = Callable[[WriteBatch, str, dict], None]
+
+
 class Reaper:
-    def __init__(self, store: Store, interval_ms: int) -> None:
+    def __init__(
+        self, store: Store, interval_ms: int, forget_keys: ForgetKeys | None = None
+    ) -> None:
         self._store = store
+        self._forget_keys = forget_keys
         self._interval = interval_ms / 1000
         self.due = TimerHeap()  # (purge_at, id) of retained finished jobs
         self._task: asyncio.Task | None = None
@@ -69,6 +77,8 @@ class Reaper:
                     and record["status"] in TERMINAL
                     and record.get("purge_at") == purge_at
                 ):
+                    if self._forget_keys is not None:
+                        self._forget_keys(batch, job_id, record)
                     batch.delete_job(job_id, index_key_of(record))
                     removed += 1
                     if logger.isEnabledFor(logging.DEBUG):

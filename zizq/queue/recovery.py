@@ -11,8 +11,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from zizq.logs import log_event
-from zizq.queue.records import IN_FLIGHT, READY, SCHEDULED, TERMINAL
-from zizq.store import IndexKey, Store, index_key_of
+from zizq.queue import unique
+from zizq.queue.records import IN_FLIGHT, READY, SCHEDULED, TERMINAL, now_ms
+from zizq.store import IndexKey, Store, index_key_of, layout
 
 logger = logging.getLogger("zizq.engine")
 
@@ -23,6 +24,7 @@ class Recovered:
     scheduled: list[tuple[int, str]] = field(default_factory=list)  # (ready_at, id)
     retained: list[tuple[int, str]] = field(default_factory=list)  # (purge_at, id)
     requeued: int = 0
+    keys_repaired: int = 0  # unique/batch index entries added or removed at start
 
 
 def recover(store: Store) -> Recovered:
@@ -30,8 +32,16 @@ def recover(store: Store) -> Recovered:
     found = Recovered()
     counts: Counter[IndexKey] = Counter()
     requeue = store.batch()
+    now = now_ms()
     for job_id, record in store.iter_jobs():
         status = record["status"]
+        if "unique_key" in record and unique.holds_key(record, now):
+            # A holder whose index entry is missing (a store from before unique jobs were
+            # indexed, or damage) takes its key again, unless another job has it.
+            key = unique.index_key(record["unique_key"])
+            if store.get_keyed(key) is None:
+                requeue.put_keyed(key, job_id)
+                found.keys_repaired += 1
         counts[index_key_of(record)] += 1
         if status == IN_FLIGHT:
             previous = index_key_of(record)
@@ -47,7 +57,8 @@ def recover(store: Store) -> Recovered:
         elif status in TERMINAL and "purge_at" in record:
             found.retained.append((record["purge_at"], job_id))
     store.counts = counts
-    if found.requeued:
+    found.keys_repaired += _drop_dangling_keys(store, requeue)
+    if found.requeued or found.keys_repaired:
         store.write(requeue, sync=True)
     log_event(
         logger,
@@ -57,5 +68,21 @@ def recover(store: Store) -> Recovered:
         scheduled=len(found.scheduled),
         in_flight_requeued=found.requeued,
         retained=len(found.retained),
+        keys_repaired=found.keys_repaired,
     )
     return found
+
+
+def _drop_dangling_keys(store: Store, batch) -> int:
+    """Unique and batch index entries pointing at jobs that no longer exist are removed.
+
+    Every write keeps the entries exact, so this finds nothing on a healthy
+    store; it makes sure a damaged one cannot keep a key taken by a ghost.
+    """
+    dropped = 0
+    for tag in (layout.INDEX_UNIQUE, layout.INDEX_BATCH):
+        for key, job_id in store.iter_keyed(tag):
+            if store.get_job(job_id) is None:
+                batch.delete_keyed(key)
+                dropped += 1
+    return dropped

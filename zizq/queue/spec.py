@@ -26,8 +26,9 @@ from typing import Any
 
 import msgpack
 
+from zizq.queue import jq_sandbox
 from zizq.queue import payload as payload_model
-from zizq.queue.errors import InvalidInput, ProFeatureRequired
+from zizq.queue.errors import InvalidInput
 from zizq.queue.records import MAX_PRIORITY
 from zizq.queue.timeslice import TimeSlicer
 
@@ -48,7 +49,9 @@ class TooLarge(InvalidInput):
 
 
 UNIQUE_SCOPES = ("queued", "active", "exists")
+DEFAULT_UNIQUE_SCOPE = "queued"
 BATCH_FIELDS = ("key", "when", "fold")
+MAX_KEY_BYTES = 1024  # unique_key and batch.key
 
 
 @dataclass(slots=True)
@@ -61,6 +64,15 @@ class JobSpec:
     retry_limit: int | None = None
     backoff: dict | None = None
     retention: dict | None = None
+    unique_key: str | None = None  # pro: see zizq.queue.unique
+    unique_while: str | None = None  # set (default "queued") whenever unique_key is
+    batch: dict | None = None  # pro: {"key", "when", "fold"}, see zizq.queue.batching
+    value: Any = None  # the decoded payload of a batched job (folds need it), else None
+
+    @property
+    def keyed(self) -> bool:
+        """Whether the job takes part in a unique or batch key (the slower, locked path)."""
+        return self.unique_key is not None or self.batch is not None
 
 
 @dataclass(slots=True)
@@ -181,17 +193,10 @@ def parse_job(obj: Any, where: str = "", from_json: bool = False) -> JobSpec:
     `from_json`: the body was JSON, whose parser already rules out most of
     what a payload may not hold (see zizq.queue.payload).
 
-    Every 400 comes before the license check (403), as in the reference: a
-    request that could never succeed says why, licensed or not.
+    Pro fields are validated here too; whether the license allows them is the
+    engine's question, asked after every 400 (as in the reference: a request
+    that could never succeed says why, licensed or not).
     """
-    spec, pro_field = _parse_job(obj, where, from_json)
-    if pro_field is not None:
-        raise ProFeatureRequired(f"{where}{pro_field}: requires a pro license")
-    return spec
-
-
-def _parse_job(obj: Any, where: str, from_json: bool) -> tuple[JobSpec, str | None]:
-    """The spec, and the first pro feature it asks for (None if it needs no license)."""
     if not isinstance(obj, dict):
         raise InvalidInput(f"{where or 'body'}: must be an object")
     queue = _name(obj, "queue", where)
@@ -219,31 +224,52 @@ def _parse_job(obj: Any, where: str, from_json: bool) -> tuple[JobSpec, str | No
         backoff=None if backoff is None else parse_backoff(backoff, where),
         retention=None if retention is None else parse_retention(retention, where),
     )
-    return spec, _pro_feature(obj, where)
+    if "unique_key" in obj or "unique_while" in obj or "batch" in obj:
+        _parse_keys(spec, obj, where, value)
+    return spec
 
 
-def _pro_feature(obj: dict, where: str) -> str | None:
-    """Check the unique and batch fields' shapes and combinations (400s); name the
-    pro feature the job needs, for the caller to refuse without a license."""
+def _key(value: Any, label: str) -> str:
+    if type(value) is not str:
+        raise InvalidInput(f"{label}: must be a string")
+    if not value:
+        raise InvalidInput(f"{label}: must not be empty")
+    if (
+        len(value) > MAX_KEY_BYTES // 4
+        and len(value.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES
+    ):
+        raise InvalidInput(f"{label}: must be at most {MAX_KEY_BYTES} bytes (UTF-8)")
+    return value
+
+
+def _parse_keys(spec: JobSpec, obj: dict, where: str, value: Any) -> None:
+    """The unique and batch fields: shapes and combinations (400s)."""
     unique_key = obj.get("unique_key")
     unique_while = obj.get("unique_while")
     batch = obj.get("batch")
-    if unique_key is not None and not isinstance(unique_key, str):
-        raise InvalidInput(f"{where}unique_key: must be a string")
-    if unique_while is not None and unique_while not in UNIQUE_SCOPES:
-        raise InvalidInput(f"{where}unique_while: must be one of {', '.join(UNIQUE_SCOPES)}")
-    if unique_while is not None and unique_key is None:
-        raise InvalidInput(f"{where}unique_while: requires unique_key")
-    if batch is not None:
-        if not isinstance(batch, dict):
-            raise InvalidInput(f"{where}batch: must be an object with key, when and fold")
-        for field in BATCH_FIELDS:
-            if not isinstance(batch.get(field), str):
-                raise InvalidInput(f"{where}batch.{field}: is required and must be a string")
-        if unique_key is not None:
-            raise InvalidInput(f"{where}unique_key: unique_key and batch cannot be combined")
-        return "batch"
-    return None if unique_key is None else "unique_key"
+    if unique_key is not None:
+        spec.unique_key = _key(unique_key, f"{where}unique_key")
+    if unique_while is not None:
+        if unique_while not in UNIQUE_SCOPES:
+            raise InvalidInput(f"{where}unique_while: must be one of {', '.join(UNIQUE_SCOPES)}")
+        if unique_key is None:
+            raise InvalidInput(f"{where}unique_while: requires unique_key")
+    if unique_key is not None:
+        spec.unique_while = unique_while or DEFAULT_UNIQUE_SCOPE
+    if batch is None:
+        return
+    if not isinstance(batch, dict):
+        raise InvalidInput(f"{where}batch: must be an object with key, when and fold")
+    for field in BATCH_FIELDS:
+        if not isinstance(batch.get(field), str):
+            raise InvalidInput(f"{where}batch.{field}: is required and must be a string")
+    if unique_key is not None:
+        raise InvalidInput(f"{where}unique_key: unique_key and batch cannot be combined")
+    key = _key(batch["key"], f"{where}batch.key")
+    for field in ("when", "fold"):
+        jq_sandbox.check_text(batch[field], f"{where}batch.{field}")
+    spec.batch = {"key": key, "when": batch["when"], "fold": batch["fold"]}
+    spec.value = value
 
 
 async def parse_bulk(obj: Any, from_json: bool = False) -> list[JobSpec]:
@@ -258,21 +284,15 @@ async def parse_bulk(obj: Any, from_json: bool = False) -> list[JobSpec]:
             f"jobs: a bulk holds at most {MAX_BULK_JOBS} jobs (got {len(jobs)}); split it"
         )
     specs = []
-    needs_pro = None  # as in the reference: every job is checked before the license
     slicer = TimeSlicer()
     for index, job in enumerate(jobs):
         where = f"jobs[{index}]."
-        spec, pro_field = _parse_job(job, where, from_json)
-        specs.append(spec)
-        if pro_field is not None and needs_pro is None:
-            needs_pro = f"{where}{pro_field}"
+        specs.append(parse_job(job, where, from_json))
         # Free each decoded job as soon as it is stored as bytes: freeing the
         # whole body at once at the end would be one more long stall.
         jobs[index] = job = None
         if index & 31 == 31 and slicer.due():  # 32 jobs take ~0.1 ms: look at the clock less
             await slicer.pause()
-    if needs_pro is not None:
-        raise ProFeatureRequired(f"{needs_pro}: requires a pro license")
     return specs
 
 

@@ -121,6 +121,15 @@ class WriteBatch:
         self.raw.put(layout.job_key(job_id), payload_bytes, self._store.h_payloads)
         self.count += 1
 
+    def put_keyed(self, index_key: bytes, job_id: str) -> None:
+        """Point a unique or batch key (layout.keyed_index_key) at a job."""
+        self.raw.put(index_key, job_id.encode("ascii"), self._store.h_index)
+        self.count += 1
+
+    def delete_keyed(self, index_key: bytes) -> None:
+        self.raw.delete(index_key, self._store.h_index)
+        self.count += 1
+
     def put_error(self, job_id: str, attempt: int, error: dict) -> None:
         self.raw.put(layout.error_key(job_id, attempt), msgpack.packb(error), self._store.h_errors)
         self.count += 1
@@ -317,6 +326,21 @@ class Store:
             return self.payloads.get([layout.job_key(i) for i in job_ids])
         except rocksdict.DbClosedError:
             raise StoreUnavailable(self._reopening_reason()) from None
+
+    def get_keyed(self, index_key: bytes) -> str | None:
+        """The job a unique or batch key points at (it may be gone or out of scope)."""
+        try:
+            raw = self.index.get(index_key)
+        except rocksdict.DbClosedError:
+            raise StoreUnavailable(self._reopening_reason()) from None
+        return None if raw is None else raw.decode("ascii")
+
+    def iter_keyed(self, tag: bytes) -> Iterator[tuple[bytes, str]]:
+        """Every (index key, job id) of one keyed index (layout.INDEX_UNIQUE or INDEX_BATCH)."""
+        for key, raw in self.index.items(from_key=tag):
+            if not key.startswith(tag):
+                return
+            yield key, raw.decode("ascii")
 
     def iter_jobs(self) -> Iterator[tuple[str, dict]]:
         for key, raw in self.jobs.items():

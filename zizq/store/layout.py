@@ -26,6 +26,11 @@ ID_LEN = 25  # SCRU128 string ids: fixed length, so an index key ends with exact
 INDEX_STATUS = b"s"
 INDEX_QUEUE = b"q"
 INDEX_TYPE = b"t"
+# Keyed indexes of pro features: <tag><key utf-8> -> the id of the job holding the key.
+# A unique key's holder (zizq.queue.unique) and a batch key's open job (zizq.queue.batching).
+# They point at one job each and are checked against its record when read, never trusted.
+INDEX_UNIQUE = b"u"
+INDEX_BATCH = b"b"
 
 DATA_DIR_NAME = "data"  # RocksDB lives in <root>/data; the root may hold other files
 
@@ -72,3 +77,8 @@ def _prefix(tag: bytes, value: str) -> bytes:
 
 def index_key(tag: bytes, value: str, job_id: str) -> bytes:
     return index_prefix(tag, value) + job_id.encode("ascii")
+
+
+def keyed_index_key(tag: bytes, key: str) -> bytes:
+    """The index key of a unique or batch key (no length prefix: nothing follows it)."""
+    return tag + key.encode("utf-8", "surrogatepass")
