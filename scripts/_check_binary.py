@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import signal
+import ssl
 import statistics
 import subprocess
 import sys
@@ -67,6 +68,7 @@ class Server:
         self.lines: list[str] = []
         self.primary: str | None = None
         self.listening_after: float | None = None
+        self.context: ssl.SSLContext | None = None  # the client side of an https:// server
         self._ready = threading.Event()
         threading.Thread(target=self._pump, daemon=True).start()
 
@@ -90,7 +92,9 @@ class Server:
         return self.get_with_headers(path)[0]
 
     def get_with_headers(self, path: str) -> tuple[dict, dict]:
-        with urllib.request.urlopen(self.primary + path, timeout=10) as response:
+        with urllib.request.urlopen(
+            self.primary + path, timeout=10, context=self.context
+        ) as response:
             return json.loads(response.read()), {k.lower(): v for k, v in response.headers.items()}
 
     def stop(self) -> int | None:
@@ -246,8 +250,51 @@ def checks(binary: str, scratch: Path, unpack_tmp: Path) -> None:
         scratch / "a",
     )
 
+    guarded("serve over HTTPS with certificates from `zizq tls init`",
+            lambda: tls_start(binary, scratch, unpack_tmp))  # fmt: skip
+
     if not WINDOWS:
         guarded("kill -9 of the executable stops the server too", lambda: kill9(binary, scratch))
+
+
+def tls_start(binary: str, scratch: Path, unpack_tmp: Path) -> None:
+    """`zizq tls init` (bundled `cryptography`), an HTTPS start, and a refused bad key."""
+    certs = scratch / "certs"
+    env = {**os.environ, "TMPDIR": str(unpack_tmp)}
+    proc = run(binary, "tls", "init", "--out-dir", str(certs), "--san", "localhost",
+               "--san", "127.0.0.1", "--client", "check", env=env)  # fmt: skip
+    key_mode = (certs / "server-key.pem").stat().st_mode & 0o777 if proc.returncode == 0 else None
+    result(
+        "zizq tls init writes a CA, server and client certificates",
+        proc.returncode == 0 and proc.stdout.count("wrote:") == 6
+        and (WINDOWS or key_mode == 0o600),
+        f"exit {proc.returncode}, key mode {oct(key_mode or 0)}; {proc.stderr.strip()[:200]}",
+    )  # fmt: skip
+    tls = ["--tls-cert", str(certs / "server-cert.pem"), "--tls-key", str(certs / "server-key.pem")]
+    server = Server(binary, ["--root-dir", str(scratch / "root-tls"), *tls], env, scratch)
+    server.context = ssl.create_default_context(cafile=str(certs / "ca-cert.pem"))
+    try:
+        listening = server.wait_listening()
+        health = server.get("/health") if listening else None
+        ok = (
+            listening
+            and (server.primary or "").startswith("https://")
+            and health == {"status": "ok"}
+        )
+        result("serve over HTTPS answers GET /health", bool(ok),
+               f"{server.primary}, {health!r}; output:\n{server.output}" if not ok
+               else f"{server.primary}")  # fmt: skip
+    finally:
+        server.stop()
+    bad = [*tls[:3], str(certs / "client-check-key.pem")]
+    proc = run(binary, "serve", "--root-dir", str(scratch / "root-bad-tls"), "--port", "0",
+               "--admin-port", "0", *bad, env=env)  # fmt: skip
+    lines = proc.stderr.strip().splitlines()
+    result(
+        "serve refuses a key that does not match --tls-cert (one Error line)",
+        proc.returncode == 1 and len(lines) == 1 and "does not match" in lines[0],
+        f"exit {proc.returncode}, stderr {proc.stderr.strip()[:300]!r}",
+    )
 
 
 def kill9(binary: str, scratch: Path) -> None:

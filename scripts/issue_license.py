@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 import nacl.signing
+from click.core import ParameterSource
 
 from zizq.license import (
     LicenseError,
@@ -18,6 +19,9 @@ from zizq.license import (
     signing_key_from_pem,
     verify_license,
 )
+
+MAX_DAYS = 100 * 366
+MAX_EXPIRES_AT = 2**53 - 1  # exact in every JSON reader, JavaScript's too
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -31,14 +35,15 @@ from zizq.license import (
 @click.option("--tier", type=click.Choice(["pro", "enterprise"]), default="pro", show_default=True)
 @click.option(
     "--days",
-    type=click.IntRange(min=1),
+    # The cap keeps `exp` far inside the 64-bit integers JSON encoders accept.
+    type=click.IntRange(min=1, max=MAX_DAYS),
     default=365,
     show_default=True,
     help="Days until the license expires.",
 )
 @click.option(
     "--expires-at",
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=1, max=MAX_EXPIRES_AT),
     default=None,
     help="Exact expiry in Unix seconds (instead of --days).",
 )
@@ -48,29 +53,55 @@ from zizq.license import (
     default=None,
     help="Write a new issuer private key here (mode 0600) and print its public key.",
 )
-def main(private_key, sub, name, tier, days, expires_at, generate_key) -> None:
+@click.pass_context
+def main(ctx, private_key, sub, name, tier, days, expires_at, generate_key) -> None:
     """Print a license key (a JWT signed with Ed25519) on stdout."""
     if generate_key is not None:
-        if generate_key.exists():
-            raise click.UsageError(f"{generate_key} exists; not overwriting an issuer key")
-        key = nacl.signing.SigningKey.generate()
-        fd = os.open(generate_key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(private_key_pem(key))
-        click.echo(f"wrote: {generate_key}", err=True)
-        click.echo("Public key (build with ZIZQ_LICENSE_ISSUER_PUBLIC_KEY set to it):", err=True)
-        click.echo(public_key_pem(key.verify_key), nl=False)
+        _generate(generate_key)
         return
     if private_key is None or not sub or not name:
         raise click.UsageError("--private-key, --sub and --name are required")
+    if expires_at is not None and ctx.get_parameter_source("days") is ParameterSource.COMMANDLINE:
+        raise click.UsageError("give --days or --expires-at, not both")
     try:
         key = signing_key_from_pem(private_key.read_text())
-    except (OSError, LicenseError) as exc:
-        raise click.UsageError(f"--private-key {private_key}: {exc}") from None
-    exp = expires_at if expires_at is not None else int(time.time()) + days * 86_400
+    except (OSError, UnicodeDecodeError, LicenseError) as exc:
+        raise click.UsageError(f"--private-key {private_key}: {_reason(exc)}") from None
+    now = int(time.time())
+    exp = expires_at if expires_at is not None else now + days * 86_400
+    if exp <= now:
+        raise click.UsageError(f"--expires-at {exp} is not in the future")
     token = sign_license(key, sub=sub, name=name, tier=tier, exp=exp)
-    verify_license(token, issuer_key=bytes(key.verify_key))  # prove it reads back
+    try:
+        verify_license(token, issuer_key=bytes(key.verify_key))  # prove it reads back
+    except LicenseError as exc:  # e.g. a --sub or --name of blanks only
+        raise click.UsageError(str(exc)) from None
     click.echo(token)
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc)
+    if isinstance(exc, UnicodeDecodeError):
+        return "not a text (PEM) file"
+    return str(exc)
+
+
+def _generate(path: Path) -> None:
+    """A new issuer key pair: the private key to `path` (0600), the public key to stdout."""
+    key = nacl.signing.SigningKey.generate()
+    try:
+        # O_EXCL: never overwrite an issuer key, even one created since we looked.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise click.UsageError(f"{path} exists; not overwriting an issuer key") from None
+    except OSError as exc:
+        raise click.UsageError(f"--generate-key {path}: {_reason(exc)}") from None
+    with os.fdopen(fd, "w") as handle:
+        handle.write(private_key_pem(key))
+    click.echo(f"wrote: {path}", err=True)
+    click.echo("Public key (build with ZIZQ_LICENSE_ISSUER_PUBLIC_KEY set to it):", err=True)
+    click.echo(public_key_pem(key.verify_key), nl=False)
 
 
 if __name__ == "__main__":

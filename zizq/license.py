@@ -25,6 +25,7 @@ import contextlib
 import enum
 import hashlib
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -52,6 +53,10 @@ _SPKI_PREFIX = bytes.fromhex("302a300506032b6570032100")
 _PKCS8_PREFIX = bytes.fromhex("302e020100300506032b657004220420")
 MAX_TOKEN_BYTES = 16 * 1024  # a license is a few hundred bytes; refuse anything huge
 MAX_KEY_FILE_BYTES = 64 * 1024
+# A PEM armour line, also when a CI secret has flattened the key onto one line.
+_PEM_ARMOUR = re.compile(r"-----(BEGIN|END) [A-Z0-9 ]+-----")
+# The base64url alphabet without padding, as JWS (RFC 7515) writes every part.
+_B64URL = re.compile(r"[A-Za-z0-9_-]*")
 
 
 class Tier(enum.IntEnum):
@@ -108,8 +113,9 @@ class License:
 
 
 def _pem_body(text: str) -> bytes:
-    lines = [line.strip() for line in text.strip().splitlines()]
-    body = "".join(line for line in lines if line and not line.startswith("-----"))
+    # Armour and whitespace removed wherever they are: a key pasted into an env var or a
+    # CI secret often arrives with its newlines turned into spaces.
+    body = "".join(_PEM_ARMOUR.sub(" ", text).split())
     try:
         return base64.b64decode(body, validate=True)
     except (binascii.Error, ValueError):
@@ -167,10 +173,22 @@ def _b64url(data: bytes) -> str:
 
 
 def _unb64url(part: str, what: str) -> bytes:
+    """Decode one JWS part, accepting only its one canonical spelling.
+
+    Python's decoder skips characters outside the alphabet, takes `+` and `/`,
+    padding, and any value in the unused low bits of the last character; each of
+    those would let a different string pass as the same signed license.
+    """
+    bad = LicenseError(f"license key is not a JWT: its {what} is not base64url")
+    if not _B64URL.fullmatch(part) or len(part) % 4 == 1:
+        raise bad
     try:
-        return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
+        data = base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
     except (binascii.Error, ValueError):
-        raise LicenseError(f"license key is not a JWT: its {what} is not base64url") from None
+        raise bad from None
+    if _b64url(data) != part:
+        raise bad
+    return data
 
 
 def sign_license(
@@ -201,8 +219,11 @@ def verify_license(
     except UnicodeEncodeError:
         raise LicenseError("license key is not a JWT: it has non-ASCII characters") from None
     header = _json_part(parts[0], "header")
-    if header.get("alg") != "EdDSA":
-        raise LicenseError(f"license key is signed with {header.get('alg')!r}, not EdDSA")
+    alg = header.get("alg")
+    if alg != "EdDSA":
+        # The header is not signed: quote what it says only when it is short and a string.
+        shown = repr(alg) if isinstance(alg, str) and len(alg) <= 32 else "another algorithm"
+        raise LicenseError(f"license key is signed with {shown}, not EdDSA")
     signature = _unb64url(parts[2], "signature")
     key = trusted_issuer_key() if issuer_key is None else issuer_key
     try:
@@ -211,8 +232,9 @@ def verify_license(
         raise LicenseError("license key signature is not valid for this build's issuer") from None
     claims = _json_part(parts[1], "claims")
     for claim in ("sub", "name", "tier"):
-        if not isinstance(claims.get(claim), str):
-            raise LicenseError(f"license key has no {claim!r} claim (a string)")
+        value = claims.get(claim)
+        if not isinstance(value, str) or not value.strip():
+            raise LicenseError(f"license key has no {claim!r} claim (a non-empty string)")
     exp = claims.get("exp")
     if not isinstance(exp, int) or isinstance(exp, bool) or exp <= 0:
         raise LicenseError("license key has no 'exp' claim (Unix seconds)")
@@ -240,7 +262,8 @@ def _json_part(part: str, what: str) -> dict:
 
 def key_path(value: str) -> Path | None:
     """`@path` names a file (re-read for rotation); anything else is the token itself."""
-    return Path(value[1:]) if value.startswith("@") else None
+    # `~` after `@` is not expanded by any shell, so it is done here.
+    return Path(value[1:]).expanduser() if value.startswith("@") else None
 
 
 def read_key_file(path: Path) -> str:
@@ -252,7 +275,8 @@ def read_key_file(path: Path) -> str:
     if len(raw) > MAX_KEY_FILE_BYTES:
         raise LicenseError(f"license key file {str(path)!r} is too large to be a license")
     try:
-        return raw.decode("utf-8").strip()
+        # utf-8-sig: editors on Windows may start the file with a byte-order mark.
+        return raw.decode("utf-8-sig").strip()
     except UnicodeDecodeError:
         raise LicenseError(f"license key file {str(path)!r} is not text") from None
 
@@ -348,11 +372,12 @@ class LicenseState:
         current = self._current
         if current is None:
             return
-        delay = current.expires_at - self._clock()
-        if delay <= 0:
-            return
+        # Already past `exp` (it expired while the store was opening, or between two
+        # clock reads in _expired_now): the timer still fires, at once, so the expiry
+        # is logged and listeners hear of it.
+        delay = max(0.0, current.expires_at - self._clock())
         loop = asyncio.get_running_loop()
-        # call_later needs a finite delay: a license valid for centuries is simply never timed.
+        # call_later needs a finite delay: a license valid for centuries is re-armed yearly.
         self._expiry_timer = loop.call_later(min(delay, 86_400 * 365), self._expired_now)
 
     def _expired_now(self) -> None:
@@ -366,7 +391,7 @@ class LicenseState:
         log_event(
             logger,
             logging.WARNING,
-            "license expired, running in free tier until a valid key is rotated in",
+            "license expired, running in free tier",
             licensee=current.licensee_name,
             expires_at=current.expires_at,
         )
@@ -430,7 +455,9 @@ class LicenseWatcher:
                     error=str(exc),
                 )
             return
-        self._unreadable = False
+        if self._unreadable:
+            self._unreadable = False
+            log_event(logger, logging.INFO, "license key file readable again", path=str(self._path))
         if token == self._last:
             return
         self._last = token

@@ -1,7 +1,7 @@
 """What TLS costs: the same benchmarks over plain HTTP, HTTPS and mutual TLS, in one run.
 
     .venv/bin/python scripts/bench/tls.py                    # plain, tls, mtls
-    .venv/bin/python scripts/bench/tls.py --seconds 5 --e2e-jobs 50000
+    .venv/bin/python scripts/bench/tls.py --rounds 5 --seconds 10 --e2e-jobs 100000
     ZIZQ_BINARY=dist/zizq .venv/bin/python scripts/bench/tls.py --license-key @lic.jwt
 
 For each mode a fresh server (certificates from `zizq tls init`, P-256 keys):
@@ -23,6 +23,7 @@ import os
 import shlex
 import socket
 import ssl
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -147,12 +148,18 @@ def measure(mode: str, args, certs: dict[str, Path], key: str | None) -> dict[st
     return figures
 
 
+FIGURES = ("single", "e2e", "connect")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=int, default=10, help="duration of the single enqueue")
+    parser.add_argument("--seconds", type=int, default=5, help="duration of the single enqueue")
     parser.add_argument("--connections", type=int, default=32)
-    parser.add_argument("--e2e-jobs", type=int, default=100_000)
+    parser.add_argument("--e2e-jobs", type=int, default=50_000)
     parser.add_argument("--connects", type=int, default=300, help="connections for `connect`")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="plain/tls/mtls rounds, interleaved; medians shown"
+    )
     parser.add_argument("--license-key", help="token or @path, for the mtls mode")
     parser.add_argument("--modes", default=",".join(MODES), help="comma list of " + "/".join(MODES))
     args = parser.parse_args()
@@ -170,19 +177,21 @@ def main() -> int:
         uvloop.install()
 
     load_before = load_average()
-    results: dict[str, dict[str, str | float]] = {}
+    # Rounds interleave the modes so that a burst of other load on the machine hits all of
+    # them alike; each ratio is taken within a round, then the median is reported.
+    runs: dict[str, list[dict[str, str | float]]] = {mode: [] for mode in modes}
     with tempfile.TemporaryDirectory(prefix="zizq-bench-tls-") as tmp:
         certs = make_certs(Path(tmp))
-        for mode in modes:
-            print(f"[{mode}] running...", flush=True)
-            results[mode] = measure(mode, args, certs, key)
-            got = results[mode]
-            print(
-                f"[{mode}] single {got['single']:,.0f} jobs/s (server CPU {got['single_cpu']:.0f}%)"
-                f", e2e {got['e2e']:,.0f} jobs/s (CPU {got['e2e_cpu']:.0f}%)"
-                f", connect {got['connect']:,.0f}/s",
-                flush=True,
-            )
+        for round_no in range(1, args.rounds + 1):
+            for mode in modes:
+                got = measure(mode, args, certs, key)
+                runs[mode].append(got)
+                print(
+                    f"[{round_no}/{args.rounds} {mode}] single {got['single']:,.0f} jobs/s "
+                    f"(server CPU {got['single_cpu']:.0f}%), e2e {got['e2e']:,.0f} jobs/s "
+                    f"(CPU {got['e2e_cpu']:.0f}%), connect {got['connect']:,.0f}/s",
+                    flush=True,
+                )
 
     print()
     print("command:", shlex.join([sys.executable, *sys.argv]))
@@ -192,20 +201,30 @@ def main() -> int:
     )
     print(
         f"single: {args.connections} keep-alive HTTP/1.1 connections, {args.seconds} s; "
-        f"e2e: {args.e2e_jobs:,} jobs; connect: {args.connects} sequential"
+        f"e2e: {args.e2e_jobs:,} jobs, 4 workers; connect: {args.connects} sequential; "
+        f"{args.rounds} rounds, medians"
     )
     print()
-    base = results.get("plain")
-    print(f"{'mode':7}{'single jobs/s':>16}{'e2e jobs/s':>14}{'connects/s':>12}   ratio to plain")
-    for mode, got in results.items():
+    print(f"{'mode':7}{'single jobs/s':>15}{'e2e jobs/s':>12}{'connects/s':>12}   "
+          "ratio to plain (median of rounds; range)")  # fmt: skip
+    for mode, rounds in runs.items():
+        medians = {name: statistics.median(float(r[name]) for r in rounds) for name in FIGURES}
         ratio = ""
-        if base is not None and mode != "plain":
-            ratio = "  ".join(
-                f"{name} {float(got[name]) / float(base[name]):.2f}"
-                for name in ("single", "e2e", "connect")
-            )
+        if "plain" in runs and mode != "plain":
+            parts = []
+            for name in FIGURES:
+                per_round = [
+                    float(r[name]) / float(p[name])
+                    for r, p in zip(rounds, runs["plain"], strict=True)
+                ]
+                parts.append(
+                    f"{name} {statistics.median(per_round):.2f} "
+                    f"({min(per_round):.2f}-{max(per_round):.2f})"
+                )
+            ratio = "  ".join(parts)
         print(
-            f"{mode:7}{got['single']:>16,.0f}{got['e2e']:>14,.0f}{got['connect']:>12,.0f}   {ratio}"
+            f"{mode:7}{medians['single']:>15,.0f}{medians['e2e']:>12,.0f}"
+            f"{medians['connect']:>12,.0f}   {ratio}"
         )
     return 0
 

@@ -12,7 +12,7 @@ import orjson
 from zizq.api import access_log, errors
 from zizq.api.acks import BulkSuccess, Failure, Success
 from zizq.api.admin import Backup, Compact
-from zizq.api.crons import CronsNeedLicense
+from zizq.api.crons import CronsNotYet
 from zizq.api.health import Health, Version
 from zizq.api.jobs import BulkJobs, JobCollection, JobItem
 from zizq.api.query import JobCount, JobError, JobErrors, Queues, Reset
@@ -259,7 +259,7 @@ def create_primary_app(
     app.add_route("/jobs/{job_id}/errors/{attempt}", JobError(engine))
     app.add_route("/queues", Queues(engine))
     app.add_route("/reset", Reset(engine))
-    crons = CronsNeedLicense()
+    crons = CronsNotYet(engine.license)
     for path in (
         "/crons",
         "/crons/{group}",

@@ -201,13 +201,17 @@ def _days_option(default: int, what: str) -> Callable[[F], F]:
 # -- commands ------------------------------------------------------------------------------
 
 
-@click.group("tls", context_settings=CONTEXT_SETTINGS)
-def tls() -> None:
+@click.group("tls", context_settings=CONTEXT_SETTINGS, invoke_without_command=True)
+@click.pass_context
+def tls(ctx: click.Context) -> None:
     """Generate TLS certificates for `zizq serve` (HTTPS and mutual TLS).
 
     `zizq tls init` makes a CA, a server certificate and client certificates in one go;
     the other commands make one of each. Private keys are written with mode 0600.
     """
+    if ctx.invoked_subcommand is None:
+        # Help on stdout and exit 0: click's own "no command" path is an error (exit 2).
+        click.echo(ctx.get_help())
 
 
 @tls.command("init", context_settings=CONTEXT_SETTINGS)

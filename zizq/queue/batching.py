@@ -39,14 +39,17 @@ _KNOWN_GOOD = 4096  # expressions known to compile, remembered so a fold costs o
 
 # One program runs both expressions on [$existing, $new] and never fails as a
 # whole: each expression's outputs are collected or its error caught, so one
-# worker call answers the whole question. The client's text starts on line 1
-# (error line numbers stay the client's) and ends before a newline (a trailing
-# `#` comment cannot swallow our closing brackets).
+# worker call answers the whole question. Only what decides is computed, as
+# the reference does: `when`'s first output (an error or an endless loop after
+# it never runs) and at most two outputs of `fold` (a second one is already
+# wrong). The client's text starts on line 1 (error line numbers stay the
+# client's) and ends before a newline (a trailing `#` comment cannot swallow
+# our closing brackets).
 _ONE = ". as [$existing, $new] | null | [({expr}\n)]"
 _BOTH = (
     ". as [$existing, $new] | null | "
-    "[(try ([({when}\n)] | [true, .]) catch [false, .]), "
-    "(try ([({fold}\n)] | [true, .]) catch [false, .])]"
+    "[(try ([limit(1; ({when}\n))] | [true, .]) catch [false, .]), "
+    "(try ([limit(2; ({fold}\n))] | [true, .]) catch [false, .])]"
 )
 
 
@@ -97,7 +100,9 @@ class BatchExpressions:
         await self._check_compiles(config["fold"], f"{where}batch.fold")
         program = _BOTH.format(when=config["when"], fold=config["fold"])
         try:
-            answers = await self._jq.aevaluate_many(program, [list(p) for p in pairs], "batch")
+            answers = await self._jq.aevaluate_many(
+                program, [list(p) for p in pairs], f"{where}batch"
+            )
         except InvalidInput as exc:  # over the time or memory limit, or no worker free
             raise Unprocessable(str(exc)) from None
         outcomes = []
@@ -147,7 +152,6 @@ def _single_fold_output(outcome: Outcome, where: str) -> Any:
         raise Unprocessable(f"{where}batch.fold: jq error: {outcome.fold_value}")
     outputs = outcome.fold_value
     if len(outputs) != 1:
-        raise Unprocessable(
-            f"{where}batch.fold: must produce exactly one output (got {len(outputs)})"
-        )
+        got = "none" if not outputs else "more than one"
+        raise Unprocessable(f"{where}batch.fold: must produce exactly one output (got {got})")
     return outputs[0]

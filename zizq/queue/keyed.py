@@ -125,10 +125,12 @@ class KeyedJobs:
                     self._index_waiting(job_id, record)
                 self._unhold(plan)
                 self._after_index_change()
+                self._drop_ghost_keys(hold.keys - plan.keyed.keys())
                 self.locks.release(hold)
 
             def failed() -> None:
                 self._unhold(plan)
+                self._drop_ghost_keys(hold.keys)
                 self.locks.release(hold)
 
             submitted = True
@@ -149,6 +151,7 @@ class KeyedJobs:
                 )
         finally:
             if not submitted:
+                self._drop_ghost_keys(hold.keys)
                 self.locks.release(hold)
         return plan.results
 
@@ -186,7 +189,13 @@ class KeyedJobs:
             self._create(spec, now, plan, spec.payload)
             return
         key = batching.index_key(spec.batch["key"])
-        target = open_jobs.get(key) or self._stored_open_job(key, now, plan)
+        target = open_jobs.get(key)
+        if target is None:
+            target = self._stored_open_job(key, now, plan)
+            if target is not None:
+                # Later copies in this call fold into what this call made of it, not
+                # into the stored payload again (that would drop this fold).
+                open_jobs[key] = target
         if target is not None:
             (outcome,) = await self.batches.evaluate(
                 target.record["batch"], [(target.value, spec.value)], where
@@ -251,6 +260,29 @@ class KeyedJobs:
     def _unhold(self, plan: _Plan) -> None:
         for job_id in plan.targets:
             self.dispatcher.release_hold(job_id)
+
+    def _drop_ghost_keys(self, keys: set[bytes]) -> None:
+        """Keys this call held but did not point at a new job: drop any naming a deleted job.
+
+        A delete leaves a locked key alone (KeyLocks.forget: the holder was about to
+        point it elsewhere); when the holder then did not (a duplicate, a fold, a
+        scheduled job, or a failed call), the entry would outlive its job. Rare, and
+        cheap to look for: two point reads per key.
+        """
+        ghosts = []
+        for key in keys:
+            job_id = self.store.get_keyed(key)
+            if job_id is not None and self._live_record(job_id) is None:
+                ghosts.append(key)
+        if not ghosts:
+            return
+        batch = self.store.batch()
+        for key in ghosts:
+            batch.delete_keyed(key)
+        try:
+            self.store.write(batch)
+        except Exception:  # the disk refuses writes: the start-up check drops them later
+            logger.warning("could not drop %d key index entries of deleted jobs", len(ghosts))
 
     # -- writing -------------------------------------------------------------------
 
