@@ -180,7 +180,9 @@ def test_enqueue_bad_field(shared, client, body, status, mentions):
 def test_bulk_bad_job_at_index_2(shared, client, body, status, mentions):
     jobs = [_job(), _job(queue="bad-bulk"), body, _job(type="after")]
     code, error, _ = client.post("/jobs/bulk", {"jobs": jobs})
-    assert_error(code, error, status, "jobs[2]", *mentions)
+    # A 403 names the feature, as the reference's does, not the job that asked for it.
+    where = () if status == 403 else ("jobs[2]",)
+    assert_error(code, error, status, *where, *mentions)
     shared.assert_nothing_created()
 
 
