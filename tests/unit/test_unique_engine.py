@@ -21,6 +21,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -52,24 +53,45 @@ def plain_job(queue: str = "a"):
     return parse_job({"queue": queue, "type": "t", "payload": {}})
 
 
-def in_engine(test, fsync: bool = False, **settings):
-    """Run `test(engine, store)` on a fresh store and loop; it returns the engine to stop."""
-    mode = CommitMode.FSYNC if fsync else CommitMode.BUFFERED
-    with tempfile.TemporaryDirectory() as tmp:
-        store = Store(Path(tmp) / "root", cache_size=4 * 1024 * 1024)
-        loop = asyncio.new_event_loop()
+class SharedStore:
+    """One RocksDB store for every example of a test, emptied between examples.
+
+    Opening and closing a RocksDB database per example costs up to seconds on
+    this kind of box (its flush thread sleeps a second at close); POST /reset's
+    own path (Engine.reset) empties it instead, which is itself under test here.
+    """
+
+    def __init__(self) -> None:
+        self._tmp = tempfile.TemporaryDirectory()
+        self.store = Store(Path(self._tmp.name) / "root", cache_size=4 * 1024 * 1024)
+
+    def close(self) -> None:
+        self.store.close()
+        self._tmp.cleanup()
+
+    def run(self, test, fsync: bool = False, **settings) -> None:
+        """Run `test(engine, store)` on the emptied store; it returns the engine to stop."""
+        mode = CommitMode.FSYNC if fsync else CommitMode.BUFFERED
         engine = Engine(
-            store,
+            self.store,
             EngineSettings(default_commit_mode=mode, enqueue_commit_mode=mode, **settings),
             license=pro(),
         )
+        loop = asyncio.new_event_loop()
         try:
             loop.run_until_complete(engine.start())
-            last = loop.run_until_complete(test(engine, store))
+            loop.run_until_complete(engine.reset())
+            last = loop.run_until_complete(test(engine, self.store))
             loop.run_until_complete((last or engine).stop())
         finally:
             loop.close()
-            store.close()
+
+
+@pytest.fixture(scope="module")
+def shared():
+    shared = SharedStore()
+    yield shared
+    shared.close()
 
 
 async def settle(engine: Engine) -> None:
@@ -284,7 +306,7 @@ def _with(settings: EngineSettings, **changes) -> EngineSettings:
     suppress_health_check=[HealthCheck.too_slow],
 )
 @given(ops=st.lists(model_op, min_size=3, max_size=25))
-def test_every_enqueue_is_decided_as_the_scope_rule_says(ops):
+def test_every_enqueue_is_decided_as_the_scope_rule_says(shared, ops):
     async def scenario(engine: Engine, store: Store) -> Engine:
         model = Model(engine, store)
         consumers: list = []
@@ -296,7 +318,7 @@ def test_every_enqueue_is_decided_as_the_scope_rule_says(ops):
             assert_store_consistent(engine, store)
         return engine
 
-    in_engine(scenario)
+    shared.run(scenario)
 
 
 # -- the concurrency test ------------------------------------------------------------------
@@ -384,7 +406,7 @@ async def race(engine: Engine, store: Store, ops: list[tuple]) -> list[dict]:
     fsync=st.booleans(),
     retention=st.sampled_from([0, 60_000]),
 )
-def test_concurrent_calls_keep_one_job_in_scope_per_key(ops, fsync, retention):
+def test_concurrent_calls_keep_one_job_in_scope_per_key(shared, ops, fsync, retention):
     async def scenario(engine: Engine, store: Store) -> None:
         results = await race(engine, store, ops)
         assert_store_consistent(engine, store)
@@ -399,7 +421,7 @@ def test_concurrent_calls_keep_one_job_in_scope_per_key(ops, fsync, retention):
             if result["duplicate"]:
                 assert created.get(result["id"]) == result["unique_key"], result
 
-    in_engine(
+    shared.run(
         scenario,
         fsync=fsync,
         default_completed_retention_ms=retention,
@@ -410,7 +432,7 @@ def test_concurrent_calls_keep_one_job_in_scope_per_key(ops, fsync, retention):
 # -- regressions ---------------------------------------------------------------------------
 
 
-def test_a_holder_finished_while_its_key_is_locked_leaves_no_index_entry():
+def test_a_holder_finished_while_its_key_is_locked_leaves_no_index_entry(shared):
     """The ack of a holder lands on the commit thread after a duplicate enqueue of its key.
 
     The ack's clean-up skips the key (an enqueue holds it); the enqueue lets go
@@ -443,10 +465,10 @@ def test_a_holder_finished_while_its_key_is_locked_leaves_no_index_entry():
         await settle(engine)
         assert keyed_entries(store) == {"k": fresh["id"]}
 
-    in_engine(scenario, fsync=True)
+    shared.run(scenario, fsync=True)
 
 
-def test_a_holder_deleted_while_a_duplicate_waits_leaves_no_index_entry():
+def test_a_holder_deleted_while_a_duplicate_waits_leaves_no_index_entry(shared):
     async def scenario(engine: Engine, store: Store) -> None:
         (holder,) = await engine.enqueue([unique_job("k")])
         duplicate = asyncio.ensure_future(engine.enqueue([unique_job("k")]))
@@ -457,25 +479,25 @@ def test_a_holder_deleted_while_a_duplicate_waits_leaves_no_index_entry():
         await settle(engine)
         assert keyed_entries(store) == {}
 
-    in_engine(scenario, fsync=True)
+    shared.run(scenario, fsync=True)
 
 
-def test_a_key_taken_while_the_old_holder_is_deleted_keeps_the_new_holder():
+def test_a_key_taken_while_the_old_holder_is_deleted_keeps_the_new_holder(shared):
     """The delete must not clear the entry the enqueue is about to write."""
 
     async def scenario(engine: Engine, store: Store) -> None:
         (old,) = await engine.enqueue([unique_job("k")])
-        consumer = engine.open_consumer(None, 1)
+        consumer = engine.open_consumer(frozenset({"a"}), 1)  # the new one (on b) stays
         await asyncio.sleep(0.002)  # dispatched: out of its `queued` scope
-        new = asyncio.ensure_future(engine.enqueue([unique_job("k")]))
+        new = asyncio.ensure_future(engine.enqueue([unique_job("k", queue="b")]))
         await asyncio.sleep(0)
         await engine.delete_job(old["id"])
         (created,) = await new
         assert created["duplicate"] is False
         await settle(engine)
         assert keyed_entries(store) == {"k": created["id"]}
-        (again,) = await engine.enqueue([unique_job("k")])
+        (again,) = await engine.enqueue([unique_job("k", queue="b")])
         assert again["duplicate"] is True and again["id"] == created["id"]
         consumer.close()
 
-    in_engine(scenario, fsync=True)
+    shared.run(scenario, fsync=True)
