@@ -45,7 +45,7 @@ FUZZ_SEED = int(os.environ.get("ZIZQ_FUZZ_SEED", random.randrange(1 << 32) if LO
 KEEP_GOING = os.environ.get("ZIZQ_FUZZ_KEEP_GOING")
 CHECK_EVERY = 200
 # Shares of the total per test (writes get the most: they can corrupt state).
-WEIGHTS = {"writes": 0.45, "queries": 0.3, "mixed": 0.25}
+WEIGHTS = {"writes": 0.45, "queries": 0.3, "mixed": 0.25, "licensed": 0.2}
 
 
 def fuzz_settings(share: str):
@@ -115,6 +115,23 @@ def maybe(value_strategy, weight: int = 3):
     return st.one_of(*([value_strategy] * weight), json_values)
 
 
+# Batch configs (pro): a few keys, and `when`/`fold` programs that fold, seal, fail on
+# some payloads (`+` on mismatched types), yield no or several outputs, or do not compile.
+# No runaway programs: each would cost the jq time limit on every dry run.
+batch_jq = st.sampled_from(
+    ["true", "false", "null", "$new", "$existing", "$existing + $new", "[$existing, $new]",
+     "$existing * $new", "$new.n > 1", "length > 2", "empty", "1, 2", "error(\"x\")", "(",
+     "$x", "$ENV", "input", "[range(1e6)] | length", "tojson | length < 50", ".a.b"]
+)  # fmt: skip
+batch_configs = st.fixed_dictionaries(
+    {},
+    optional={
+        "key": maybe(st.sampled_from(["b1", "b2", "", "x" * 1025])),
+        "when": maybe(batch_jq),
+        "fold": maybe(batch_jq),
+    },
+)
+
 JOB_FIELDS = {
     "queue": maybe(names),
     "type": maybe(names),
@@ -141,8 +158,11 @@ JOB_FIELDS = {
             },
         )
     ),
-    "unique_key": st.text(max_size=5),
-    "batch": json_values,
+    "unique_key": st.one_of(
+        st.sampled_from(["k1", "k2", "k3"]), st.text(max_size=5), names, json_values
+    ),
+    "unique_while": maybe(st.sampled_from(["queued", "active", "exists", "QUEUED", ""])),
+    "batch": st.one_of(batch_configs, batch_configs, json_values),
 }
 PATCHABLE = ("queue", "priority", "ready_at", "retry_limit", "backoff", "retention")
 extra_fields = st.dictionaries(st.text(max_size=8), json_values, max_size=2)
@@ -774,6 +794,33 @@ def fuzzer(start_server):
             print("server errors:\n  " + "\n  ".join(trouble[:20]))
 
 
+@pytest.fixture
+def licensed_fuzzer(start_server):
+    """The same fuzzer against a pro server: unique and batch fields really take effect."""
+    from tests.licensing import mint  # signs with the development issuer
+
+    server = start_server("--license-key", mint())
+    fuzzer = Fuzzer(server.url)
+    fuzzer.enqueue_real(20)
+    yield fuzzer
+    try:
+        if fuzzer.wedged:
+            return
+        fuzzer.stream.close()
+        fuzzer.health()
+        fuzzer.settled_counters_match_scan()
+        print(
+            f"fuzz[licensed]: {fuzzer.examples} examples, {fuzzer.requests} requests, "
+            f"statuses {dict(sorted(fuzzer.statuses.items()))}, "
+            f"worst answer {fuzzer.worst * 1000:.0f} ms"
+        )
+    finally:
+        fuzzer.client.close()
+        trouble = [line for line in server.lines if "ERROR" in line or "Traceback" in line]
+        if trouble:
+            print("server errors:\n  " + "\n  ".join(trouble[:20]))
+
+
 def _example(fuzzer: Fuzzer, ops: list, picks: list[int]) -> None:
     known = fuzzer.known_ids
     counter = iter(picks * 4)
@@ -840,5 +887,38 @@ def test_fuzz_everything_interleaved(fuzzer):
     )
     def run(ops, picks):
         _example(fuzzer, ops, picks)
+
+    run()
+
+
+def keyed_ops():
+    """Enqueues (single and bulk) whose unique and batch fields are mostly well formed."""
+    keyed = st.fixed_dictionaries(
+        {"queue": st.sampled_from(["a", "b"]), "type": st.just("t"), "payload": json_values},
+        optional={k: JOB_FIELDS[k] for k in ("unique_key", "unique_while", "batch", "ready_at")},
+    )
+    return st.one_of(
+        st.tuples(st.just("POST"), st.just("/jobs"), wire_bodies(keyed), accepts),
+        st.tuples(
+            st.just("POST"),
+            st.just("/jobs/bulk"),
+            wire_bodies(st.fixed_dictionaries({"jobs": st.lists(keyed, max_size=5)})),
+            accepts,
+        ),
+    )
+
+
+@pytest.mark.timeout(600)
+def test_fuzz_pro_features_on_a_licensed_server(licensed_fuzzer):
+    @seed(FUZZ_SEED)
+    @fuzz_settings("licensed")
+    @given(
+        ops=st.lists(
+            st.one_of(keyed_ops(), keyed_ops(), write_ops(), state_ops), min_size=1, max_size=5
+        ),
+        picks=picks,
+    )
+    def run(ops, picks):
+        _example(licensed_fuzzer, ops, picks)
 
     run()

@@ -267,13 +267,21 @@ class KeyedJobs:
         A delete leaves a locked key alone (KeyLocks.forget: the holder was about to
         point it elsewhere); when the holder then did not (a duplicate, a fold, a
         scheduled job, or a failed call), the entry would outlive its job. Rare, and
-        cheap to look for: two point reads per key.
+        cheap to look for: two point reads per key. A delete still on the commit
+        thread (an ack or a kill without retention) is looked at again once it landed.
         """
         ghosts = []
+        pending: dict[bytes, str] = {}
         for key in keys:
             job_id = self.store.get_keyed(key)
-            if job_id is not None and self._live_record(job_id) is None:
+            if job_id is None:
+                continue
+            if self._live_record(job_id) is None:
                 ghosts.append(key)
+            elif job_id in self.locks.deleting(key):
+                pending[key] = job_id
+        if pending:
+            self.locks.later(self._drop_ghosts_once_written(pending))
         if not ghosts:
             return
         batch = self.store.batch()
@@ -283,6 +291,25 @@ class KeyedJobs:
             self.store.write(batch)
         except Exception:  # the disk refuses writes: the start-up check drops them later
             logger.warning("could not drop %d key index entries of deleted jobs", len(ghosts))
+
+    async def _drop_ghosts_once_written(self, pending: dict[bytes, str]) -> None:
+        """After the deletes in flight have landed: drop the entries still naming them.
+
+        A key locked again meanwhile is left to that enqueue, which looks at it
+        when it lets go (the job is gone by then). A delete that failed leaves
+        its job, and so its entry, in place.
+        """
+        try:
+            await self.committer.drain()
+            self._drop_ghost_keys(
+                {
+                    key
+                    for key, job_id in pending.items()
+                    if not self.locks.held(key) and self.store.get_keyed(key) == job_id
+                }
+            )
+        except Exception as exc:  # the store closed meanwhile: the start-up check cleans up
+            logger.debug("key index clean-up skipped: %s", exc)
 
     # -- writing -------------------------------------------------------------------
 
