@@ -14,6 +14,7 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -132,31 +133,42 @@ async def scenario(engine: Engine, ops: list[tuple]) -> None:
     await engine.committer.drain()
 
 
+@pytest.fixture(scope="module")
+def shared_store():
+    # One store for every example, emptied by a reset after each: opening and closing
+    # RocksDB per example cost ~1 s each (a background thread's sleep on close).
+    with tempfile.TemporaryDirectory() as tmp:
+        store = Store(Path(tmp) / "root", cache_size=4 * 1024 * 1024)
+        yield store
+        store.close()
+
+
 @settings(
     max_examples=60,
     deadline=None,
     derandomize=True,
-    suppress_health_check=[HealthCheck.too_slow],
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
 @given(ops=st.lists(op, min_size=2, max_size=12), fsync=st.booleans())
-def test_counters_and_indexes_equal_a_scan_after_concurrent_calls(ops, fsync):
+def test_counters_and_indexes_equal_a_scan_after_concurrent_calls(shared_store, ops, fsync):
     mode = CommitMode.FSYNC if fsync else CommitMode.BUFFERED
-    with tempfile.TemporaryDirectory() as tmp:
-        store = Store(Path(tmp) / "root", cache_size=4 * 1024 * 1024)
-        loop = asyncio.new_event_loop()
+    store = shared_store
+    loop = asyncio.new_event_loop()
+    try:
+        engine = Engine(
+            store,
+            EngineSettings(
+                default_commit_mode=mode,
+                enqueue_commit_mode=mode,
+                default_completed_retention_ms=60_000,  # completed jobs stay: ack writes
+            ),
+        )
+        loop.run_until_complete(engine.start())
         try:
-            engine = Engine(
-                store,
-                EngineSettings(
-                    default_commit_mode=mode,
-                    enqueue_commit_mode=mode,
-                    default_completed_retention_ms=60_000,  # completed jobs stay: ack writes
-                ),
-            )
-            loop.run_until_complete(engine.start())
             loop.run_until_complete(scenario(engine, ops))
             assert_consistent(engine, store)
-            loop.run_until_complete(engine.stop())
         finally:
-            loop.close()
-            store.close()
+            loop.run_until_complete(engine.reset())
+            loop.run_until_complete(engine.stop())
+    finally:
+        loop.close()
