@@ -445,14 +445,18 @@ def test_a_holder_finished_while_its_key_is_locked_leaves_no_index_entry(shared)
         consumer = engine.open_consumer(None, 1)
         await asyncio.sleep(0.002)
         assert holder["id"] in engine.dispatcher.in_flight
-        duplicate = asyncio.ensure_future(engine.enqueue([unique_job("k", "active")]))
+        # A duplicate alongside a plain job: the call has a write to wait for (a call of
+        # duplicates alone writes nothing and lets go of its keys at once).
+        duplicate = asyncio.ensure_future(
+            engine.enqueue([unique_job("k", "active"), plain_job()], bulk=True)
+        )
         await asyncio.sleep(0)  # decided (a duplicate), its write waits on the commit thread
         assert engine.locks.held(unique.index_key("k"))
         ack = asyncio.ensure_future(engine.ack(holder["id"]))
         # Block the loop while the thread writes and syncs the enqueue alone: its
         # completion is then handled after the ack has been handed to the thread.
         time.sleep(0.2)
-        (answer,) = await duplicate
+        (answer, _) = await duplicate
         assert answer["duplicate"] is True and answer["id"] == holder["id"]
         assert await ack
         await settle(engine)

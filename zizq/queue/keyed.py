@@ -97,6 +97,8 @@ class KeyedJobs:
             await self.batches.dry_run(
                 [(_where(i, bulk), spec.batch, spec.value) for i, spec in batched]
             )
+        if not batched:
+            return await self._enqueue_unique(specs)
         keys = {_lock_key(spec) for spec in specs if spec.keyed}
         hold = await self.locks.acquire(keys)
         submitted = False
@@ -154,6 +156,64 @@ class KeyedJobs:
                 self._drop_ghost_keys(hold.keys)
                 self.locks.release(hold)
         return plan.results
+
+    async def _enqueue_unique(self, specs: list[JobSpec]) -> list[dict]:
+        """Unique keys only (no folds, so nothing to hold back or re-check): one pass that
+        decides and builds the write batch, through the commit thread like any enqueue."""
+        keys = [None if s.unique_key is None else unique.index_key(s.unique_key) for s in specs]
+        hold = await self.locks.acquire(key for key in keys if key is not None)
+        submitted = False
+        try:
+            now = now_ms()
+            batch = self.store.batch()
+            results: list[dict] = []
+            created: list[tuple[str, dict]] = []
+            taken: dict[bytes, tuple[str, dict]] = {}  # keys taken by this call
+            slicer = TimeSlicer()
+            for index, spec in enumerate(specs):
+                if index & 31 == 31 and slicer.due():
+                    await slicer.pause()  # a 10k bulk: other requests (not on our keys) run
+                key = keys[index]
+                if key is not None:
+                    holder = taken.get(key) or self._unique_holder(key, now)
+                    if holder is not None:
+                        results.append(public_view(*holder, duplicate=True, folded=False))
+                        continue
+                job_id = new_id(now)
+                record = self._new_record(spec, now)
+                batch.put_job(job_id, record, None)
+                batch.put_payload(job_id, spec.payload)
+                if key is not None:
+                    batch.put_keyed(key, job_id)
+                    taken[key] = (job_id, record)
+                created.append((job_id, record))
+                results.append(public_view(job_id, record, duplicate=False, folded=False))
+            await self._writes_open()
+
+            def landed() -> None:
+                for job_id, record in created:
+                    self._index_waiting(job_id, record)
+                self._after_index_change()
+                self._drop_ghost_keys(hold.keys - taken.keys())
+                self.locks.release(hold)
+
+            def failed() -> None:
+                self._drop_ghost_keys(hold.keys)
+                self.locks.release(hold)
+
+            if not created:  # every job a duplicate: nothing to write
+                submitted = True
+                landed()
+                return results
+            submitted = True
+            await self.committer.commit(
+                batch, self.settings.enqueue_commit_mode, landed=landed, failed=failed
+            )
+        finally:
+            if not submitted:
+                self._drop_ghost_keys(hold.keys)
+                self.locks.release(hold)
+        return results
 
     # -- deciding ------------------------------------------------------------------
 
