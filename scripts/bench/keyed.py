@@ -39,7 +39,7 @@ from pathlib import Path
 import pyspy
 from rawhttp import Connection, post_json, timed_on_connections
 from run import load_average
-from server import BenchServer, CpuMeter, zizq_command
+from server import BenchServer, CpuMeter, use_uvloop, zizq_command
 from tls import license_key
 
 HELD_DISTANCE = 1001  # odd: a duplicate of request i repeats the key of (even) i - 1001
@@ -256,12 +256,7 @@ def main() -> int:
     if profile_dir is not None:
         profile_dir.mkdir(parents=True, exist_ok=True)
 
-    try:
-        import uvloop
-    except ImportError:
-        uvloop = None
-    if uvloop is not None:
-        uvloop.install()
+    use_uvloop()
 
     load_before = load_average()
     results: dict[str, list[Figures]] = {name: [] for name in chosen}

@@ -40,7 +40,7 @@ from rawhttp import (
     request_bytes,
     timed_on_connections,
 )
-from server import BenchServer, CpuMeter, zizq_command
+from server import BenchServer, CpuMeter, use_uvloop, zizq_command
 
 HERE = Path(__file__).resolve().parent
 JOB = {"queue": "bench", "type": "bench", "payload": {"n": 1}}
@@ -481,12 +481,7 @@ def main() -> int:
     if unknown:
         parser.error(f"unknown benchmark(s): {', '.join(unknown)}")
 
-    try:
-        import uvloop
-    except ImportError:
-        uvloop = None
-    if uvloop is not None:
-        uvloop.install()
+    use_uvloop()
 
     load_before = load_average()
     results: list[Result] = []

@@ -115,3 +115,12 @@ class CpuMeter:
     def __exit__(self, *exc) -> None:
         wall = time.perf_counter() - self._wall
         self.percent = 100 * (self.server.cpu_seconds() - self._cpu) / max(wall, 1e-9)
+
+
+def use_uvloop() -> None:
+    """Run the benchmark client on uvloop where it exists, as the server does."""
+    try:
+        import uvloop
+    except ImportError:
+        return
+    uvloop.install()

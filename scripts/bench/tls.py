@@ -33,7 +33,7 @@ from pathlib import Path
 
 from rawhttp import Connection, request_bytes
 from run import end_to_end, load_average, raw_single
-from server import BenchServer, CpuMeter, zizq_command
+from server import BenchServer, CpuMeter, use_uvloop, zizq_command
 
 ROOT = Path(__file__).resolve().parents[2]
 MODES = ("plain", "tls", "mtls")
@@ -169,12 +169,7 @@ def main() -> int:
         print("mtls skipped: no --license-key (and none can be minted here)", flush=True)
         modes.remove("mtls")
 
-    try:
-        import uvloop
-    except ImportError:
-        uvloop = None
-    if uvloop is not None:
-        uvloop.install()
+    use_uvloop()
 
     load_before = load_average()
     # Rounds interleave the modes so that a burst of other load on the machine hits all of
