@@ -54,8 +54,9 @@ def engine(store, run):
 
 class Gate:
     """Pauses the `when`/`fold` evaluations after the first `skip` until `open()`;
-    `entered` says one is waiting. The dry runs (one per distinct config of a call,
-    before its keys are locked) are the ones to skip: the decision comes after them."""
+    `entered` says one is waiting. A bulk's dry runs (one per distinct config, before
+    its keys are locked) are the ones to skip; a single enqueue dry-runs in the same
+    jq call as its fold, so nothing comes before its decision."""
 
     def __init__(self, engine: Engine, skip: int = 1) -> None:
         self.entered = asyncio.Event()
@@ -96,7 +97,7 @@ def assert_keys_exact(engine: Engine) -> None:
 
 async def fold_paused(engine: Engine, spec) -> tuple[asyncio.Task, Gate]:
     """Start an enqueue and return once it waits on its fold's jq evaluation."""
-    gate = Gate(engine)
+    gate = Gate(engine, skip=0)
     task = asyncio.ensure_future(engine.enqueue([spec]))
     await asyncio.wait_for(gate.entered.wait(), 5)
     return task, gate

@@ -125,9 +125,14 @@ class BatchExpressions:
                 {"when": when, "fold": fold}, [(v, v) for _, v in members], first_where
             )
             for (where, _), outcome in zip(members, outcomes, strict=True):
-                if not outcome.when_ok:
-                    raise Unprocessable(f"{where}batch.when: jq error: {outcome.when_value}")
-                _single_fold_output(outcome, where)
+                self.check_dry_run(outcome, where)
+
+    @staticmethod
+    def check_dry_run(outcome: Outcome, where: str) -> None:
+        """422 unless `when` ran without error and `fold` yielded exactly one value."""
+        if not outcome.when_ok:
+            raise Unprocessable(f"{where}batch.when: jq error: {outcome.when_value}")
+        _single_fold_output(outcome, where)
 
     @staticmethod
     def folded_payload(outcome: Outcome, where: str) -> tuple[Any, bytes] | None:

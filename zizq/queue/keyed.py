@@ -94,9 +94,12 @@ class KeyedJobs:
         batched = [(i, spec) for i, spec in enumerate(specs) if spec.batch is not None]
         if batched:
             self.license.require(Feature.BATCHED_JOBS)
-            await self.batches.dry_run(
-                [(_where(i, bulk), spec.batch, spec.value) for i, spec in batched]
-            )
+            if len(specs) > 1:
+                # A bulk dry-runs all its jobs up front, grouped by config (few jq calls);
+                # a single enqueue does it in the same jq call as its fold (_decide_batched).
+                await self.batches.dry_run(
+                    [(_where(i, bulk), spec.batch, spec.value) for i, spec in batched]
+                )
         if not batched:
             return await self._enqueue_unique(specs)
         keys = {_lock_key(spec) for spec in specs if spec.keyed}
@@ -236,14 +239,27 @@ class KeyedJobs:
                 plan.keyed[key] = job_id
                 taken[key] = (job_id, record)
             elif spec.batch is not None:
-                await self._decide_batched(spec, _where(index, bulk), now, plan, open_jobs)
+                await self._decide_batched(
+                    spec, _where(index, bulk), now, plan, open_jobs, dry_run=len(specs) == 1
+                )
             else:
                 self._create(spec, now, plan, spec.payload)
 
     async def _decide_batched(
-        self, spec: JobSpec, where: str, now: int, plan: _Plan, open_jobs: dict[bytes, _Open]
+        self,
+        spec: JobSpec,
+        where: str,
+        now: int,
+        plan: _Plan,
+        open_jobs: dict[bytes, _Open],
+        dry_run: bool,
     ) -> None:
+        """`dry_run`: this job's own expressions still have to be dry-run (422s)."""
+        new = (spec.value, spec.value)
         if spec.ready_at is not None and spec.ready_at > now:
+            if dry_run:
+                (outcome,) = await self.batches.evaluate(spec.batch, [new], where)
+                self.batches.check_dry_run(outcome, where)
             # Scheduled: kept with its config for observability, never folded in either
             # direction (a fold would silently drop one side's ready_at).
             self._create(spec, now, plan, spec.payload)
@@ -256,10 +272,19 @@ class KeyedJobs:
                 # Later copies in this call fold into what this call made of it, not
                 # into the stored payload again (that would drop this fold).
                 open_jobs[key] = target
+        config = target.record["batch"] if target is not None else spec.batch
+        same = config["when"] == spec.batch["when"] and config["fold"] == spec.batch["fold"]
+        if dry_run and not (target is not None and same):
+            (outcome,) = await self.batches.evaluate(spec.batch, [new], where)
+            self.batches.check_dry_run(outcome, where)
+            dry_run = False
         if target is not None:
-            (outcome,) = await self.batches.evaluate(
-                target.record["batch"], [(target.value, spec.value)], where
-            )
+            pair = (target.value, spec.value)
+            if dry_run:  # the same config: dry run and fold in one jq call
+                checked, outcome = await self.batches.evaluate(config, [new, pair], where)
+                self.batches.check_dry_run(checked, where)
+            else:
+                (outcome,) = await self.batches.evaluate(config, [pair], where)
             folded = self.batches.folded_payload(outcome, where) if outcome.folds else None
             if folded is not None:
                 target.value, target.packed = folded
