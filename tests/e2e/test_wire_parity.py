@@ -344,12 +344,14 @@ def test_unknown_body_fields_are_ignored(server, api):
         "budgets": [{"key": "b"}],  # a newer client's field
         "x-future": {"nested": True},
         "backoff": {"base_ms": 10, "exponent": 1, "jitter_ms": 0, "cap_ms": 5},
-        "retention": {"dead_ms": 1000, "archive_ms": 7},
+        # An hour: the killed job below must not be purged while later tests of this
+        # module read the shared server (GET and HEAD /queues must see the same queues).
+        "retention": {"dead_ms": 3_600_000, "archive_ms": 7},
     }
     status, job, _ = api.post("/jobs", body)
     assert status == 201, job
     assert job["backoff"] == {"base_ms": 10, "exponent": 1.0, "jitter_ms": 0}
-    assert job["retention"] == {"dead_ms": 1000}
+    assert job["retention"] == {"dead_ms": 3_600_000}
     assert "budgets" not in job and "x-future" not in job
     status, bulk, _ = api.post(
         "/jobs/bulk", {"jobs": [{**JOB, "queue": queue, "later": 1}], "atomic": True}
@@ -364,7 +366,7 @@ def test_unknown_body_fields_are_ignored(server, api):
     )
     assert status == 200, patched
     assert patched["priority"] == 7 and patched["status"] == "ready"
-    assert patched["retention"] == {"dead_ms": 1000}
+    assert patched["retention"] == {"dead_ms": 3_600_000}
     assert get_job(api, job["id"])["payload"] == {"n": 1}
     status, body, _ = api.request("PATCH", f"/jobs?queue={queue}", {"priority": 9, "x": 1})
     assert (status, body) == (200, {"patched": 2})
