@@ -449,6 +449,8 @@ def test_backoff_error_also_for_bare_zizq(captured: list[ServeConfig]) -> None:
         (["--default-dead-job-retention", "-1d"], "--default-dead-job-retention"),
         (["--heartbeat-interval", "0"], "--heartbeat-interval"),
         (["--reaper-check-interval", "0s"], "--reaper-check-interval"),
+        (["--license-key-check-interval", "often"], "--license-key-check-interval"),
+        (["--license-key-check-interval", "30d"], "--license-key-check-interval"),
         (["--cache-size", "lots"], "--cache-size"),
         (["--log-format", "xml"], "--log-format"),
         (["--log-level", "loud"], "--log-level"),
