@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from zizq.config import BackoffPolicy, ServeConfig
@@ -53,6 +54,8 @@ from zizq.queue.scheduler import Scheduler
 from zizq.queue.spec import FailureSpec, JobSpec
 from zizq.queue.timeslice import TimeSlicer
 from zizq.store import CommitMode, Committer, Store, WriteBatch, index_key_of
+
+WriteAlso = Callable[[WriteBatch], None]  # adds more writes to an enqueue's batch
 
 logger = logging.getLogger("zizq.engine")
 
@@ -168,19 +171,26 @@ class Engine(JobControl, KeyedJobs):
             record["batch"] = spec.batch
         return record
 
-    async def enqueue(self, specs: list[JobSpec], bulk: bool = False) -> list[dict]:
+    async def enqueue(
+        self, specs: list[JobSpec], bulk: bool = False, also: WriteAlso | None = None
+    ) -> list[dict]:
         """Create jobs atomically; returns their public views in input order.
 
         A big bulk is built in slices, letting other requests in between them;
         it stays atomic because nothing of it is visible (in the store or in
         memory) until its one write batch lands. Jobs with unique or batch keys
         take the locked path (zizq.queue.keyed); `bulk` only words its errors.
+        `also` adds other writes to the same batch (the cron scheduler advances
+        an entry in the batch that enqueues its job); it is written even when
+        every job turns out to be a duplicate.
         """
         for spec in specs:
             if spec.keyed:
-                return await self._enqueue_keyed(specs, bulk)
+                return await self._enqueue_keyed(specs, bulk, also)
         now = now_ms()
         batch = self.store.batch()
+        if also is not None:
+            also(batch)
         created = []
         slicer = TimeSlicer()
         for index, spec in enumerate(specs):
@@ -191,7 +201,7 @@ class Engine(JobControl, KeyedJobs):
             created.append((job_id, record))
             if index & 31 == 31 and slicer.due():
                 await slicer.pause()
-        if not created:
+        if not created and also is None:
             return []
 
         def landed() -> None:  # runs even if this request is cancelled meanwhile

@@ -44,7 +44,7 @@ from zizq.queue.keylocks import KeyLocks
 from zizq.queue.records import READY, is_purged, now_ms, public_view
 from zizq.queue.spec import JobSpec
 from zizq.queue.timeslice import TimeSlicer
-from zizq.store import CommitMode, Committer, Store
+from zizq.store import CommitMode, Committer, Store, WriteBatch
 
 logger = logging.getLogger("zizq.engine")
 
@@ -88,7 +88,9 @@ class KeyedJobs:
     _after_index_change: Callable[[], None]
     _writes_open: Callable[[], Awaitable[None]]
 
-    async def _enqueue_keyed(self, specs: list[JobSpec], bulk: bool) -> list[dict]:
+    async def _enqueue_keyed(
+        self, specs: list[JobSpec], bulk: bool, also: Callable[[WriteBatch], None] | None = None
+    ) -> list[dict]:
         if any(spec.unique_key is not None for spec in specs):
             self.license.require(Feature.UNIQUE_JOBS)
         batched = [(i, spec) for i, spec in enumerate(specs) if spec.batch is not None]
@@ -101,7 +103,7 @@ class KeyedJobs:
                     [(_where(i, bulk), spec.batch, spec.value) for i, spec in batched]
                 )
         if not batched:
-            return await self._enqueue_unique(specs)
+            return await self._enqueue_unique(specs, also)
         keys = {_lock_key(spec) for spec in specs if spec.keyed}
         hold = await self.locks.acquire(keys)
         submitted = False
@@ -124,6 +126,8 @@ class KeyedJobs:
             else:
                 raise Conflict("batch: the open batch job kept changing meanwhile; retry")
             batch = self._write_batch(plan)
+            if also is not None:
+                also(batch)
 
             def landed() -> None:
                 for job_id, record in plan.created.items():
@@ -160,7 +164,9 @@ class KeyedJobs:
                 self.locks.release(hold)
         return plan.results
 
-    async def _enqueue_unique(self, specs: list[JobSpec]) -> list[dict]:
+    async def _enqueue_unique(
+        self, specs: list[JobSpec], also: Callable[[WriteBatch], None] | None = None
+    ) -> list[dict]:
         """Unique keys only (no folds, so nothing to hold back or re-check): one pass that
         decides and builds the write batch, through the commit thread like any enqueue."""
         keys = [None if s.unique_key is None else unique.index_key(s.unique_key) for s in specs]
@@ -169,6 +175,8 @@ class KeyedJobs:
         try:
             now = now_ms()
             batch = self.store.batch()
+            if also is not None:
+                also(batch)
             results: list[dict] = []
             created: list[tuple[str, dict]] = []
             taken: dict[bytes, tuple[str, dict]] = {}  # keys taken by this call
@@ -204,7 +212,7 @@ class KeyedJobs:
                 self._drop_ghost_keys(hold.keys)
                 self.locks.release(hold)
 
-            if not created:  # every job a duplicate: nothing to write
+            if not created and also is None:  # every job a duplicate: nothing to write
                 submitted = True
                 landed()
                 return results
