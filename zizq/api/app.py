@@ -12,7 +12,7 @@ import orjson
 from zizq.api import access_log, errors
 from zizq.api.acks import BulkSuccess, Failure, Success
 from zizq.api.admin import Backup, Compact
-from zizq.api.crons import CronsNotYet
+from zizq.api.crons import CronCollection, CronEntries, CronEntryItem, CronGroupItem
 from zizq.api.health import Health, Version
 from zizq.api.jobs import BulkJobs, JobCollection, JobItem
 from zizq.api.query import JobCount, JobError, JobErrors, Queues, Reset
@@ -259,14 +259,11 @@ def create_primary_app(
     app.add_route("/jobs/{job_id}/errors/{attempt}", JobError(engine))
     app.add_route("/queues", Queues(engine))
     app.add_route("/reset", Reset(engine))
-    crons = CronsNotYet(engine.license)
-    for path in (
-        "/crons",
-        "/crons/{group}",
-        "/crons/{group}/entries",
-        "/crons/{group}/entries/{entry}",
-    ):
-        app.add_route(path, crons)
+    crons, license = engine.crons, engine.license
+    app.add_route("/crons", CronCollection(crons, license))
+    app.add_route("/crons/{group}", CronGroupItem(crons, license))
+    app.add_route("/crons/{group}/entries", CronEntries(crons, license))
+    app.add_route("/crons/{group}/entries/{entry}", CronEntryItem(crons, license))
     return _wrap(app, tracker)
 
 

@@ -9,6 +9,7 @@ import falcon
 from zizq.api import codec
 from zizq.license import LicenseRequired
 from zizq.queue.errors import (
+    AlreadyExists,
     Conflict,
     EngineError,
     InvalidInput,
@@ -25,6 +26,7 @@ _STATUS = {
     InvalidInput: 400,
     ProFeatureRequired: 403,
     NotFound: 404,
+    AlreadyExists: 409,
     Conflict: 422,
     Unprocessable: 422,
 }

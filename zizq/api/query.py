@@ -121,13 +121,14 @@ class JobError:
 
 
 class Reset:
-    """POST /reset: every job, in flight or not (and, once they exist, every cron group)."""
+    """POST /reset: every cron group, then every job, in flight or not (no license needed)."""
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
 
     async def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         response_type(req)
+        await self._engine.crons.delete_all()  # first: no firing can enqueue after the jobs go
         await self._engine.reset()
         resp.status = 204
 

@@ -27,6 +27,8 @@ from zizq.queue.backoff import policy_from_record, retry_delay_ms
 from zizq.queue.batching import BatchExpressions
 from zizq.queue.consumer import Consumer
 from zizq.queue.control import JobControl
+from zizq.queue.cron import Crons
+from zizq.queue.cron_scheduler import CronScheduler
 from zizq.queue.dispatch import Dispatcher, InFlightEntry
 from zizq.queue.errors import NotFound
 from zizq.queue.ids import new_id, plausible_id
@@ -118,6 +120,9 @@ class Engine(JobControl, KeyedJobs):
         )
         # Scans (counts, listings, bulk patch/delete walks) run here, apart from admin work.
         self.batches = BatchExpressions(self.jq)
+        # Cron groups (pro): definitions in memory and in the store, fired by their own timer.
+        self.crons = Crons(store, self.license, self.batches)
+        self.cron_scheduler = CronScheduler(self.crons, self.enqueue, self.license)
         self.query_pool = BoundedPool("zizq-query", workers=QUERY_THREADS, max_waiting=64)
         self._reset_gate: asyncio.Future | None = None  # set while POST /reset drains writes
         # In-flight jobs whose requeue the store refused (disk full): retried every second.
@@ -135,6 +140,8 @@ class Engine(JobControl, KeyedJobs):
         self.reaper.due.load(found.retained)
         self.scheduler.start(loop)
         self.reaper.start()
+        self.crons.load()
+        self.cron_scheduler.start(loop)
 
     async def stop(self) -> None:
         """Close every take stream and return their jobs to ready; stop timers."""
@@ -142,6 +149,7 @@ class Engine(JobControl, KeyedJobs):
             consumer.close()
             self.close_consumer(consumer)
         self.scheduler.stop()
+        await self.cron_scheduler.stop()
         await self.reaper.stop()
         self.committer.close()
         self.jq.close()  # a walk still waiting on a worker fails at once

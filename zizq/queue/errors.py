@@ -13,6 +13,10 @@ class NotFound(EngineError):
     """No such job, or it is not in a state the operation applies to (404)."""
 
 
+class AlreadyExists(EngineError):
+    """The thing to create exists already (409), e.g. POST of a cron entry."""
+
+
 class Conflict(EngineError):
     """Well-formed but not allowed in the job's current state (422)."""
 

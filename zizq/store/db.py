@@ -130,6 +130,20 @@ class WriteBatch:
         self.raw.delete(index_key, self._store.h_index)
         self.count += 1
 
+    def put_cron(self, key: bytes, record: dict) -> None:
+        """A cron group or entry record (layout.cron_group_key / cron_entry_key)."""
+        self.raw.put(key, msgpack.packb(record))
+        self.count += 1
+
+    def delete_cron(self, key: bytes) -> None:
+        self.raw.delete(key)
+        self.count += 1
+
+    def delete_cron_range(self, start: bytes, end: bytes) -> None:
+        """Every cron key in [start, end): a group's entries, or all of cron."""
+        self.raw.delete_range(start, end)
+        self.count += 1
+
     def put_error(self, job_id: str, attempt: int, error: dict) -> None:
         self.raw.put(layout.error_key(job_id, attempt), msgpack.packb(error), self._store.h_errors)
         self.count += 1
@@ -341,6 +355,16 @@ class Store:
             if not key.startswith(tag):
                 return
             yield key, raw.decode("ascii")
+
+    def iter_crons(self) -> Iterator[tuple[bytes, dict]]:
+        """Every cron group and entry record, in key order (groups first)."""
+        try:
+            for key, raw in self.db.items(from_key=layout.CRON_PREFIX):
+                if not key.startswith(layout.CRON_PREFIX):
+                    return
+                yield key, msgpack.unpackb(raw)
+        except rocksdict.DbClosedError:
+            raise StoreUnavailable(self._reopening_reason()) from None
 
     def iter_jobs(self) -> Iterator[tuple[str, dict]]:
         for key, raw in self.jobs.items():

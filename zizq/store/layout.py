@@ -32,6 +32,15 @@ INDEX_TYPE = b"t"
 INDEX_UNIQUE = b"u"
 INDEX_BATCH = b"b"
 
+# Cron groups and entries (pro) sit in the default column family under their own prefix,
+# so a database from before cron needs no new column family (read-only opens list them):
+#   CRON_GROUP + <group utf-8>                              -> msgpack group record
+#   CRON_ENTRY + <len u16><group utf-8> + <entry utf-8>      -> msgpack entry record
+CRON_PREFIX = b"cron:"
+CRON_GROUP = b"cron:g:"
+CRON_ENTRY = b"cron:e:"
+CRON_END = b"cron;"  # just past every cron key (";" follows ":")
+
 DATA_DIR_NAME = "data"  # RocksDB lives in <root>/data; the root may hold other files
 
 
@@ -82,3 +91,24 @@ def index_key(tag: bytes, value: str, job_id: str) -> bytes:
 def keyed_index_key(tag: bytes, key: str) -> bytes:
     """The index key of a unique or batch key (no length prefix: nothing follows it)."""
     return tag + key.encode("utf-8", "surrogatepass")
+
+
+def cron_group_key(group: str) -> bytes:
+    return CRON_GROUP + group.encode("utf-8")
+
+
+def cron_entry_prefix(group: str) -> bytes:
+    """Every entry of one group: the length prefix keeps "a" apart from "ab"."""
+    raw = group.encode("utf-8")
+    return CRON_ENTRY + len(raw).to_bytes(2, "big") + raw
+
+
+def cron_entry_key(group: str, entry: str) -> bytes:
+    return cron_entry_prefix(group) + entry.encode("utf-8")
+
+
+def cron_entry_names(key: bytes) -> tuple[str, str]:
+    """(group, entry) of an entry key."""
+    size = int.from_bytes(key[len(CRON_ENTRY) : len(CRON_ENTRY) + 2], "big")
+    start = len(CRON_ENTRY) + 2
+    return key[start : start + size].decode("utf-8"), key[start + size :].decode("utf-8")
