@@ -198,13 +198,12 @@ class Crons:
         for key, record in self.store.iter_crons():
             if key.startswith(layout.CRON_GROUP):
                 name = key[len(layout.CRON_GROUP) :].decode("utf-8")
-                groups[name] = CronGroup(
-                    name=name,
-                    paused=bool(record.get("paused")),
-                    paused_at=record.get("paused_at"),
-                    resumed_at=record.get("resumed_at"),
-                    timezone=record.get("timezone"),
-                )
+                # Entry keys sort first ("e" < "g"): the group may exist already.
+                group = groups.setdefault(name, CronGroup(name=name))
+                group.paused = bool(record.get("paused"))
+                group.paused_at = record.get("paused_at")
+                group.resumed_at = record.get("resumed_at")
+                group.timezone = record.get("timezone")
             elif key.startswith(layout.CRON_ENTRY):
                 group_name, entry_name = layout.cron_entry_names(key)
                 entry = _entry_from_record(group_name, entry_name, record)
