@@ -277,3 +277,19 @@ def test_every_route_is_403_without_a_license(start_server):
             status, body, _ = api.request(method, path, body)
             assert_error(status, body, 403, "pro license")
         assert api.post("/reset")[0] == 204  # reset needs no license
+
+
+def test_firing_stops_when_the_license_expires_at_run_time(start_server):
+    zizq = start_server("--license-key", mint(expires_in_s=3))
+    queue = fresh("q")
+    with Api(zizq.url) as api:
+        status, _, _ = api.request(
+            "PUT", "/crons/exp", {"entries": [entry("tick", "* * * * * *", queue=queue)]}
+        )
+        assert status == 200
+        wait_for(lambda: count(api, queue) >= 1, timeout=5)
+        zizq.wait_for_line(lambda line: "cron firing stopped" in line, timeout=6)
+        after = count(api, queue)
+        time.sleep(1.5)
+        assert count(api, queue) == after
+        assert_error(*api.get("/crons/exp")[:2], 403, "license expired")
