@@ -169,6 +169,7 @@ class Listener:
         max_connections: int = 1024,
         tracker: ConnectionTracker | None = None,
         tls: TlsFiles | None = None,
+        websockets: bool = False,
     ) -> None:
         """Bind now (raises `ListenError`); `start` serves. `api` names the listener in errors.
 
@@ -177,6 +178,7 @@ class Listener:
         """
         self.scheme = "https" if tls is not None else "http"
         self._sock = bind_socket(host, port, api)
+        self._websockets = websockets  # the admin API's /events; off elsewhere
         try:
             self._init_server(app, api, idle_timeout_s, max_connections, tracker, tls)
         except BaseException:
@@ -218,7 +220,7 @@ class Listener:
             port=address[1],
             interface=Interfaces.ASGINL,
             http=HTTPModes.auto,
-            websockets=False,
+            websockets=self._websockets,
             backlog=BACKLOG,
             # Connections served at once; the rest wait in the accept queue.
             backpressure=max_connections,

@@ -241,6 +241,7 @@ async def serve(config: ServeConfig, license_state: LicenseState, token: str | N
                 max_connections=slots,
                 tracker=tracker,
                 tls=tls.get(api),
+                websockets=api == "admin",  # GET /events (zizq top)
             )
             listeners.append(made)
             return made
@@ -249,7 +250,7 @@ async def serve(config: ServeConfig, license_state: LicenseState, token: str | N
         if config.admin_enabled:
             admin = listener(
                 "admin",
-                lambda t: create_admin_app(maintenance, __version__, t),
+                lambda t: create_admin_app(maintenance, __version__, t, engine),
                 config.admin_host,
                 config.admin_port,
                 admin_slots,

@@ -13,6 +13,7 @@ from zizq.api import access_log, errors
 from zizq.api.acks import BulkSuccess, Failure, Success
 from zizq.api.admin import Backup, Compact
 from zizq.api.crons import CronCollection, CronEntries, CronEntryItem, CronGroupItem
+from zizq.api.events import Events
 from zizq.api.health import Health, Version
 from zizq.api.jobs import BulkJobs, JobCollection, JobItem
 from zizq.api.query import JobCount, JobError, JobErrors, Queues, Reset
@@ -268,10 +269,15 @@ def create_primary_app(
 
 
 def create_admin_app(
-    maintenance: Maintenance, version: str, tracker: ConnectionTracker | None = None
+    maintenance: Maintenance,
+    version: str,
+    tracker: ConnectionTracker | None = None,
+    engine: Engine | None = None,
 ) -> ASGIApp:
     tracker = tracker or ConnectionTracker()
     app = _base_app(version, maintenance.store)
     app.add_route("/backup", Backup(maintenance))
     app.add_route("/compact", Compact(maintenance))
+    if engine is not None:
+        app.add_route("/events", Events(engine, version))  # WebSocket for `zizq top`
     return _wrap(app, tracker)

@@ -23,6 +23,7 @@ from zizq.cli.compact import compact as compact_command
 from zizq.cli.restore import restore as restore_command
 from zizq.cli.serve import serve as serve_command  # keeps `zizq.cli.serve` naming the module
 from zizq.cli.tls import tls as tls_command
+from zizq.cli.top import top as top_command
 
 __all__ = ["main"]
 
@@ -111,3 +112,4 @@ main.add_command(backup_command)
 main.add_command(restore_command)
 main.add_command(compact_command)
 main.add_command(tls_command)
+main.add_command(top_command)

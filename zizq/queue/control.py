@@ -181,6 +181,8 @@ class JobControl:
         for job_id in job_ids:
             self.dispatcher.drop(job_id)  # frees its stream's slot; a later ack gets 404
             self._orphans.pop(job_id, None)
+        if self.dispatcher.feed.active:  # a deleted ready or scheduled job leaves viewers' lists
+            self.dispatcher.feed.changed()
 
     async def patch_job(self, job_id: str, patch: JobPatch) -> dict:
         await self._writes_open()
@@ -303,6 +305,8 @@ class JobControl:
             self.scheduler.due.clear()
             self.reaper.due.clear()
             self._orphans.clear()
+            if self.dispatcher.feed.active:
+                self.dispatcher.feed.changed()
         finally:
             self._reset_gate = None
             gate.set_result(None)

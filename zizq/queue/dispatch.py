@@ -41,6 +41,7 @@ from collections.abc import Callable
 from zizq.logs import log_event
 from zizq.queue.consumer import Consumer, Delivery
 from zizq.queue.indexes import ReadyIndex
+from zizq.queue.observe import ChangeFeed
 from zizq.queue.records import IN_FLIGHT, READY, now_ms
 from zizq.store import Store, WriteBatch, index_key_of
 
@@ -90,6 +91,7 @@ class Dispatcher:
         self._held: dict[str, bool] = {}
         # Called for each dispatched job with a batch config, to seal its batch in the pass.
         self.on_dispatch_batched: Callable[[WriteBatch, str, dict], None] | None = None
+        self.feed = ChangeFeed()  # live viewers (admin /events) learn here that lists changed
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         """Passes run on this loop (the engine's), whoever asks for one."""
@@ -157,6 +159,8 @@ class Dispatcher:
     # -- dispatch ------------------------------------------------------------
 
     def request_pump(self) -> None:
+        if self.feed.active:  # every change of a list asks for a pass: tell viewers too
+            self.feed.changed()
         if not self._pump_scheduled and self._consumers:
             self._pump_scheduled = True
             loop = self._loop or asyncio.get_running_loop()
@@ -257,6 +261,8 @@ class Dispatcher:
         except Exception:
             self._undo(pass_)
             return
+        if self.feed.active:
+            self.feed.changed()
         if self._write_failing:
             self._write_failing = False
             logger.info("dispatch writes succeed again")

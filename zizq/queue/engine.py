@@ -402,6 +402,9 @@ class Engine(JobControl, KeyedJobs):
                 self.reaper.add(purge_at, job_id)
             for job_id, entry in claimed:
                 self.dispatcher.release(entry, job_id)
+            if self.dispatcher.feed.active:  # live viewers (admin /events) show the acks
+                for job_id, _ in claimed:
+                    self.dispatcher.feed.finished(job_id, COMPLETED)
             if logger.isEnabledFor(logging.DEBUG):
                 for job_id, entry in claimed:
                     _lifecycle("job acked", job_id, entry.record)
@@ -429,6 +432,8 @@ class Engine(JobControl, KeyedJobs):
             self._index_waiting(job_id, record)
             self.dispatcher.release(entry, job_id)
             self.scheduler.arm()
+            if self.dispatcher.feed.active and record["status"] == DEAD:
+                self.dispatcher.feed.finished(job_id, DEAD)
             if logger.isEnabledFor(logging.DEBUG):
                 dead = record["status"] == DEAD
                 _lifecycle("job dead" if dead else "job failed", job_id, record)

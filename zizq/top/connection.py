@@ -9,6 +9,7 @@ longer than `STALL_S` (the server sends a heartbeat every 2 s) counts as lost.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import ssl
 from collections.abc import Callable
@@ -82,10 +83,8 @@ class EventsConnection:
     def send(self, message: dict[str, Any]) -> None:
         """Queue a request; dropped when not connected (the next connection starts afresh)."""
         if self._outbox is not None:
-            try:
+            with contextlib.suppress(asyncio.QueueFull):
                 self._outbox.put_nowait(json.dumps(message, separators=(",", ":")))
-            except asyncio.QueueFull:
-                pass
 
     async def run(self) -> None:
         delay = FIRST_RETRY_S
@@ -102,7 +101,7 @@ class EventsConnection:
                 note = describe(exc)
             except ValueError as exc:  # a frame that is not JSON: not a Zizq server
                 note = f"unexpected data from the server ({exc})"
-            self.on_state("disconnected", f"{note}; retrying in {delay:g}s")
+            self.on_state("disconnected", f"retry in {delay:g}s: {note}")
             await asyncio.sleep(delay)
             delay = min(delay * 2, MAX_RETRY_S)
 

@@ -306,7 +306,7 @@ class TopModel:
             self._changed(message)
         elif event == "find_result":
             self._find_result(message)
-        elif event is None and isinstance(message.get("error"), str):
+        elif event in ("error", None) and isinstance(message.get("error"), str):
             self.say(f"server: {message['error']}")
         if not self.paused:
             for index in range(len(self.lists)):
@@ -327,7 +327,9 @@ class TopModel:
     def _apply_window(self, index: int, window: Message) -> None:
         tab = self.lists[index]
         items = window.get("items")
-        tab.items = [job for job in items if isinstance(job, dict)] if isinstance(items, list) else []
+        tab.items = (
+            [job for job in items if isinstance(job, dict)] if isinstance(items, list) else []
+        )
         tab.offset = _int(window.get("first_position")) or 0
         # A pinned job missing from this window is not yet lost: the window may answer an
         # older request. `_settle` asks the server to locate it, and that answer decides.
@@ -397,8 +399,10 @@ class TopModel:
 
     def _subscribe(self, index: int, anchor: Message, *, force: bool = True) -> None:
         """Ask for a window of list `index`; later than asked if the rate limit holds it."""
-        if self.cap is not None or self.connection is not Connection.CONNECTED:
+        if self.connection is not Connection.CONNECTED:
             return
+        if self.cap is not None:
+            anchor = {"kind": "head"}  # the free tier shows the first rows, whatever is asked
         tab = self.lists[index]
         message = {"type": "subscribe", "list": tab.name, "anchor": anchor, "limit": self._limit()}
         key = (repr(sorted(anchor.items())), message["limit"])
@@ -512,7 +516,7 @@ class TopModel:
         self.pinned = None
         tab.cursor, tab.scroll = self._bounds()[0], 0
         tab.walked = False  # `g` then `n` searches from the top
-        if not self.paused:
+        if not self.paused and self.cap is None:
             self._subscribe(self.active, {"kind": "head"})
         self._scroll_to_cursor(tab)
 
@@ -521,7 +525,7 @@ class TopModel:
         self.pinned = None
         tab.cursor = self._bounds()[1]
         tab.walked = True
-        if not self.paused:
+        if not self.paused and self.cap is None:
             self._subscribe(self.active, {"kind": "tail"})
         self._scroll_to_cursor(tab)
 

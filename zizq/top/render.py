@@ -122,7 +122,9 @@ def header(model: TopModel, width: int) -> list[Text]:
         info.append(_clean(value), BOLD)
     counts = Text("  ")
     counts.append("Queue: ", Style(color="cyan"))
-    for index, (name, label) in enumerate(zip(LIST_NAMES, ("in-flight", "ready", "scheduled"))):
+    for index, (name, label) in enumerate(
+        zip(LIST_NAMES, ("in-flight", "ready", "scheduled"), strict=True)
+    ):
         counts.append(
             ("" if index == 0 else ", ") + f"{server.totals[name]}",
             Style(color=SECTION_COLORS[index], bold=True),
@@ -149,7 +151,7 @@ def depth_bar(model: TopModel, width: int) -> list[Text]:
     line = Text("  ")
     line.append("Depth", Style(color="cyan"))
     line.append("[", BOLD)
-    for count, color in zip(bars, SECTION_COLORS):
+    for count, color in zip(bars, SECTION_COLORS, strict=True):
         line.append("\u2502" * count, Style(color=color, bold=True))
     line.append(" " * max(0, bar_width - sum(bars)))
     line.append(label, DIM)
@@ -167,7 +169,11 @@ def depth_bar(model: TopModel, width: int) -> list[Text]:
         inside = min(round(cursor / section_total * section_bars), section_bars - 1)
     column = prefix + sum(bars[:active]) + inside
     color = Style(color=SECTION_COLORS[active])
-    return [Text(" " * column) + Text("\u25bc", color), line, Text(" " * column) + Text("\u25b2", color)]
+    return [
+        Text(" " * column) + Text("\u25bc", color),
+        line,
+        Text(" " * column) + Text("\u25b2", color),
+    ]
 
 
 def tab_bar(model: TopModel) -> Text:
@@ -198,7 +204,9 @@ def _cell(text: str, size: int, align: str) -> str:
 
 def _row(cells: list[tuple[str, Style | None]], width: int, base: Style | None = None) -> Text:
     line = Text(style=base or "")
-    for index, ((text, style), (size, align)) in enumerate(zip(cells, _columns(width))):
+    for index, ((text, style), (size, align)) in enumerate(
+        zip(cells, _columns(width), strict=True)
+    ):
         if index:
             line.append(" ")
         line.append(_cell(text, size, align), style)
@@ -302,7 +310,13 @@ def detail_panel(model: TopModel, width: int, rows: int) -> list[Text]:
             Text(f"  {label}".ljust(DETAIL_LABEL_WIDTH), DIM) + Text(value)
             for label, value in _attributes(model, job)
         ]
-        if "payload" in job:
+        if job.get("payload_truncated"):
+            size = job.get("payload_size")
+            payload = [
+                Text(f" (too large to show here: {size} bytes)", DIM),
+                Text(f" GET /jobs/{_clean(job.get('id', ''))} on the primary API", DIM),
+            ]
+        elif "payload" in job:
             payload = [
                 Text(f" {_clean(line)}")
                 for line in json.dumps(job["payload"], indent=2, ensure_ascii=False).splitlines()
@@ -367,17 +381,18 @@ def help_bar(model: TopModel) -> Text:
         crossed = key == "i" and model.paused
         line.append(key, KEY + Style(strike=crossed))
         line.append(label, LABEL + Style(strike=crossed))
+    # What matters most first: a narrow screen crops from the right.
+    if model.notice:
+        line.append(f"   {model.notice}", Style(color="yellow"))
+    arrow = model.resume_hint()
+    if arrow:
+        line.append(f"   {arrow} Resume to scroll further", Style(color="yellow"))
     if model.pinned is not None:
         line.append("   ")
         line.append("n", KEY)
         line.append("/", DIM)
         line.append("N", KEY)
-        line.append(" next/previous match, ", DIM)
+        line.append(" match ", DIM)
         line.append("Esc", KEY)
         line.append(" unpin", DIM)
-    arrow = model.resume_hint()
-    if arrow:
-        line.append(f"   {arrow} Resume to scroll further", Style(color="yellow"))
-    if model.notice:
-        line.append(f"   {model.notice}", Style(color="yellow"))
     return line

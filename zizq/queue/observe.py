@@ -1,0 +1,541 @@
+"""Read-only views of the job lists for live viewers (the admin `/events` stream).
+
+Two parts, both free when no one watches:
+
+- `ChangeFeed`: the dispatcher owns one. Engine paths that change a list call
+  `feed.changed()` (and `feed.finished(...)` for acks and kills) behind an
+  `if feed.active:` guard, so with no viewer a hook costs one attribute read.
+  A viewer (`Watcher`) learns only *that* something changed; it recomputes its
+  windows from the indexes at its own pace, so a burst of a million enqueues
+  costs a viewer one refresh, never a backlog.
+- `Lists`: windows (a slice of a list around an anchor) and `find` (the next
+  job matching a query) over the engine's in-memory indexes: the ready heaps
+  (priority, id), the in-flight table (dequeued_at, id) and the scheduled timer
+  heap (ready_at, id).
+
+Positions are ranks among the index entries. The heaps keep stale entries (a
+job patched or deleted while waiting) until they reach the top; rows are
+checked against the stored record before they are shown, but such an entry
+still counts in positions until it is dropped. Windows near the head (the
+common case, and all the free tier sees) walk the heaps lazily and cost
+O(k log k) for k rows; a window deep in a long list costs a pass over its
+entries (see `DEEP_COST_FACTOR` in zizq.api.events for how often that may run).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from zizq.queue.records import IN_FLIGHT, READY, SCHEDULED
+
+if TYPE_CHECKING:  # the dispatcher imports this module: no runtime import back
+    import asyncio
+
+    from zizq.queue.engine import Engine
+
+READY_LIST = "ready"
+IN_FLIGHT_LIST = "in_flight"
+SCHEDULED_LIST = "scheduled"
+LIST_NAMES = (READY_LIST, IN_FLIGHT_LIST, SCHEDULED_LIST)
+_LIST_STATUS = {READY_LIST: READY, IN_FLIGHT_LIST: IN_FLIGHT, SCHEDULED_LIST: SCHEDULED}
+
+PREFIX_MAX = 4096  # windows and walks within this many entries of the head are lazy walks
+MAX_LIMIT = 1000  # rows one window may carry
+FIND_MAX_EXAMINED = 20_000  # records a find reads before it gives up (no match)
+FINISHED_CAP = 256  # completed/dead notes a watcher keeps between two of its refreshes
+
+Entry = tuple  # (sort key..., job_id): the job id is always the last element
+Row = tuple[str, dict]  # (job id, record)
+
+
+# -- the change feed ----------------------------------------------------------------
+
+
+class Watcher:
+    """One viewer's view of the feed: a dirty flag, a wake-up and recent finishes."""
+
+    __slots__ = ("dirty", "wake", "finished", "finished_dropped")
+
+    def __init__(self, wake: asyncio.Event) -> None:
+        self.dirty = False
+        self.wake = wake
+        # Bounded: a viewer that refreshes slowly loses the oldest notes, not memory.
+        self.finished: deque[tuple[str, str]] = deque(maxlen=FINISHED_CAP)
+        self.finished_dropped = 0
+
+    def take_finished(self) -> list[tuple[str, str]]:
+        notes = list(self.finished)
+        self.finished.clear()
+        self.finished_dropped = 0
+        return notes
+
+
+class ChangeFeed:
+    """Tells watchers that the lists changed. All calls run on the engine's loop thread."""
+
+    __slots__ = ("active", "_watchers")
+
+    def __init__(self) -> None:
+        self.active = False  # the guard hooks read: True while at least one viewer watches
+        self._watchers: list[Watcher] = []
+
+    def watch(self, wake: asyncio.Event) -> Watcher:
+        watcher = Watcher(wake)
+        self._watchers.append(watcher)
+        self.active = True
+        return watcher
+
+    def unwatch(self, watcher: Watcher) -> None:
+        if watcher in self._watchers:
+            self._watchers.remove(watcher)
+        self.active = bool(self._watchers)
+
+    @property
+    def watchers(self) -> int:
+        return len(self._watchers)
+
+    def changed(self) -> None:
+        """Some list changed (which one is not said: a refresh recomputes windows cheaply)."""
+        for watcher in self._watchers:
+            if not watcher.dirty:
+                watcher.dirty = True
+                watcher.wake.set()
+
+    def finished(self, job_id: str, status: str) -> None:
+        """A job left in-flight for good: `completed` or `dead`."""
+        for watcher in self._watchers:
+            notes = watcher.finished
+            if len(notes) == FINISHED_CAP:
+                watcher.finished_dropped += 1
+            notes.append((job_id, status))
+            if not watcher.dirty:
+                watcher.dirty = True
+                watcher.wake.set()
+
+
+# -- anchors, queries, results -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Anchor:
+    """Where a window sits: `head`, `tail`, `offset` (a depth) or `around` (a job id)."""
+
+    kind: str = "head"
+    offset: int = 0
+    job_id: str | None = None
+    fallback: str = "nowhere"  # for `around` when the job is not in the list: head|tail|nowhere
+
+
+@dataclass(frozen=True)
+class Query:
+    """Substring match: any of `queues` (or none given) and any of `types` (or none given)."""
+
+    queues: tuple[str, ...] = ()
+    types: tuple[str, ...] = ()
+
+    def matches(self, record: dict) -> bool:
+        if self.queues and not any(q in record["queue"] for q in self.queues):
+            return False
+        return not self.types or any(t in record["type"] for t in self.types)
+
+
+@dataclass
+class Window:
+    items: list[Row] = field(default_factory=list)
+    first_position: int = 0
+    total: int = 0
+    resolved_anchor: str | None = None
+
+
+@dataclass
+class Found:
+    matched_position: int | None
+    window: Window
+
+
+# -- sources: one per list -----------------------------------------------------------
+
+
+class _Source:
+    """The entries of one list, in order, and the check of an entry against the store."""
+
+    def entries(self) -> Iterable[Entry]:  # unordered
+        raise NotImplementedError
+
+    def size(self) -> int:
+        raise NotImplementedError
+
+    def ascending(self) -> Iterator[Entry]:  # lazy, in list order
+        raise NotImplementedError
+
+    def row(self, entry: Entry) -> dict | None:  # the record if the entry is current
+        raise NotImplementedError
+
+    def key_of(self, job_id: str) -> Entry | None:  # the entry of a job in this list
+        raise NotImplementedError
+
+
+def _heap_walk(heaps: list[list]) -> Iterator[tuple[Any, int]]:
+    """Entries of several binary heaps in ascending order, lazily, without changing them.
+
+    A frontier heap holds the candidates (a node is a candidate once its parent
+    was yielded), so the first k entries cost O(k log k) whatever the heap sizes.
+    The caller must not change the heaps while it iterates (all on the loop thread).
+    """
+    frontier = [(heap[0], h, 0) for h, heap in enumerate(heaps) if heap]
+    heapq.heapify(frontier)
+    while frontier:
+        entry, h, i = heapq.heappop(frontier)
+        yield entry, h
+        heap = heaps[h]
+        child = 2 * i + 1
+        if child < len(heap):
+            heapq.heappush(frontier, (heap[child], h, child))
+            if child + 1 < len(heap):
+                heapq.heappush(frontier, (heap[child + 1], h, child + 1))
+
+
+class _ReadySource(_Source):
+    def __init__(self, engine: Engine) -> None:
+        self._store = engine.store
+        # ReadyIndex keeps one heap of (priority, id) per queue; we only read them.
+        self._heaps: dict[str, list[tuple[int, str]]] = engine.ready._heaps
+
+    def entries(self) -> Iterable[Entry]:
+        return itertools.chain.from_iterable(self._heaps.values())
+
+    def size(self) -> int:
+        return sum(map(len, self._heaps.values()))
+
+    def ascending(self) -> Iterator[Entry]:
+        heaps = list(self._heaps.values())
+        return (entry for entry, _ in _heap_walk(heaps))
+
+    def row(self, entry: Entry) -> dict | None:
+        record = self._store.get_job(entry[-1])
+        if record is None or record["status"] != READY or record["priority"] != entry[0]:
+            return None
+        return record
+
+    def key_of(self, job_id: str) -> Entry | None:
+        record = self._store.get_job(job_id)
+        if record is None or record["status"] != READY:
+            return None
+        return (record["priority"], job_id)
+
+
+class _ScheduledSource(_Source):
+    def __init__(self, engine: Engine) -> None:
+        self._store = engine.store
+        self._heap: list[tuple[int, str]] = engine.scheduler.due._heap  # (ready_at, id)
+
+    def entries(self) -> Iterable[Entry]:
+        return self._heap
+
+    def size(self) -> int:
+        return len(self._heap)
+
+    def ascending(self) -> Iterator[Entry]:
+        return (entry for entry, _ in _heap_walk([self._heap]))
+
+    def row(self, entry: Entry) -> dict | None:
+        record = self._store.get_job(entry[-1])
+        if record is None or record["status"] != SCHEDULED or record["ready_at"] != entry[0]:
+            return None
+        return record
+
+    def key_of(self, job_id: str) -> Entry | None:
+        record = self._store.get_job(job_id)
+        if record is None or record["status"] != SCHEDULED:
+            return None
+        return (record["ready_at"], job_id)
+
+
+class _InFlightSource(_Source):
+    """The dispatcher's table: bounded by the in-flight limit, records in memory."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._table = engine.dispatcher.in_flight
+        self._sorted: list[Entry] | None = None
+
+    def _entries(self) -> list[Entry]:
+        if self._sorted is None:
+            self._sorted = sorted(
+                (entry.record.get("dequeued_at", 0), job_id)
+                for job_id, entry in self._table.items()
+            )
+        return self._sorted
+
+    def entries(self) -> Iterable[Entry]:
+        return self._entries()
+
+    def size(self) -> int:
+        return len(self._table)
+
+    def ascending(self) -> Iterator[Entry]:
+        return iter(self._entries())
+
+    def row(self, entry: Entry) -> dict | None:
+        held = self._table.get(entry[-1])
+        return None if held is None else held.record
+
+    def key_of(self, job_id: str) -> Entry | None:
+        held = self._table.get(job_id)
+        return None if held is None else (held.record.get("dequeued_at", 0), job_id)
+
+
+# -- windows and finds ---------------------------------------------------------------
+
+
+class Lists:
+    """Windows and finds over one engine's lists, computed on demand (on the loop thread).
+
+    `cap` (the free tier's rule) limits every window and walk to the first
+    `cap` entries of a list; totals stay the real ones.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def totals(self) -> dict[str, int]:
+        """Jobs per list from the store's counters (per queue, type and status): no scan."""
+        totals = dict.fromkeys(LIST_NAMES, 0)
+        by_status = {status: name for name, status in _LIST_STATUS.items()}
+        for (_, _, status), count in self._engine.store.counts.items():
+            name = by_status.get(status)
+            if name is not None:
+                totals[name] += count
+        return totals
+
+    def _source(self, name: str) -> _Source:
+        if name == READY_LIST:
+            return _ReadySource(self._engine)
+        if name == IN_FLIGHT_LIST:
+            return _InFlightSource(self._engine)
+        if name == SCHEDULED_LIST:
+            return _ScheduledSource(self._engine)
+        raise ValueError(f"unknown list {name!r}")
+
+    def window(self, name: str, anchor: Anchor, limit: int, cap: int | None = None) -> Window:
+        source = self._source(name)
+        total = self.totals()[name]
+        span = _span(source, cap)
+        limit = _limit(limit, cap)
+        last_start = max(0, span - limit)
+        resolved = None
+        if anchor.kind == "head":
+            start = 0
+        elif anchor.kind == "tail":
+            start = last_start
+        elif anchor.kind == "offset":
+            start = min(max(0, anchor.offset), last_start)
+        elif anchor.kind == "around":
+            position = _position(source, anchor.job_id, span)
+            if position is not None:
+                resolved = anchor.job_id
+                start = _centered(position, limit, span)
+            elif anchor.fallback == "head":
+                start = 0
+            elif anchor.fallback == "tail":
+                start = last_start
+            else:
+                return Window([], 0, total, None)
+        else:
+            raise ValueError(f"unknown anchor kind {anchor.kind!r}")
+        start, items = _filled_rows(source, start, limit, span)
+        return Window(items, start if items else 0, total, resolved)
+
+    def find(
+        self,
+        name: str,
+        start: str,
+        direction: str,
+        query: Query,
+        limit: int,
+        job_id: str | None = None,
+        cap: int | None = None,
+    ) -> Found:
+        """The first match walking from `start` (`job_id`, `start`, `end`) in `direction`.
+
+        `forward`/`backward` skip the anchor job itself; an anchor job no longer
+        in the list walks from the start (forward) or the end (backward).
+        `locate` only finds where the anchor job is now (the query is ignored).
+        """
+        source = self._source(name)
+        total = self.totals()[name]
+        span = _span(source, cap)
+        limit = _limit(limit, cap)
+        nothing = Found(None, Window([], 0, total, None))
+        if (start, direction) in (("start", "backward"), ("end", "forward")):
+            return nothing
+        anchor = _position(source, job_id, span) if start == "job_id" else None
+        if direction == "locate":
+            if anchor is None:
+                return nothing
+            matched: Row | None = (job_id, {})
+            position = anchor
+        elif direction == "forward":
+            first = 0 if anchor is None else anchor + 1
+            position, matched = _walk(source, _ascending_from(source, first), first, 1, span, query)
+        elif direction == "backward":
+            if anchor == 0:
+                return nothing
+            last = span - 1 if anchor is None else anchor - 1
+            position, matched = _walk(source, _descending_from(source, last), last, -1, span, query)
+        else:
+            raise ValueError(f"unknown direction {direction!r}")
+        if matched is None or position is None:
+            return nothing
+        first, items = _filled_rows(source, _centered(position, limit, span), limit, span)
+        return Found(position, Window(items, first if items else 0, total, matched[0]))
+
+
+def _span(source: _Source, cap: int | None) -> int:
+    size = source.size()
+    return size if cap is None else min(size, cap)
+
+
+def _limit(limit: int, cap: int | None) -> int:
+    limit = max(1, min(limit, MAX_LIMIT))
+    return limit if cap is None else min(limit, cap)
+
+
+def _centered(position: int, limit: int, span: int) -> int:
+    return max(0, min(position - limit // 2, span - limit))
+
+
+def _position(source: _Source, job_id: str | None, span: int) -> int | None:
+    """Rank of a job among the entries (None when it is not in the list, or past `span`)."""
+    if job_id is None:
+        return None
+    key = source.key_of(job_id)
+    if key is None:
+        return None
+    if span <= PREFIX_MAX:  # walk the head: cheaper than a full pass, and exact
+        for position, entry in enumerate(itertools.islice(source.ascending(), span)):
+            if entry == key:
+                return position
+        return None
+    position = sum(map(key.__gt__, source.entries()))
+    return position if position < span else None
+
+
+def _ascending_from(source: _Source, first: int) -> Iterator[Entry]:
+    if first <= PREFIX_MAX:
+        return itertools.islice(source.ascending(), first, None)
+    size = source.size()
+    if size - first <= PREFIX_MAX:
+        return iter(heapq.nsmallest(size - first, source.entries(), key=_negated)[::-1])
+    return iter(sorted(source.entries())[first:])
+
+
+def _descending_from(source: _Source, last: int) -> Iterator[Entry]:
+    if last < 0:
+        return iter(())
+    if last < PREFIX_MAX:
+        return reversed(list(itertools.islice(source.ascending(), last + 1)))
+    return reversed(sorted(source.entries())[: last + 1])
+
+
+class _Negated:
+    """Reverses the order of an entry (nsmallest of these = nlargest of entries, any type)."""
+
+    __slots__ = ("entry",)
+
+    def __init__(self, entry: Entry) -> None:
+        self.entry = entry
+
+    def __lt__(self, other: _Negated) -> bool:
+        return other.entry < self.entry
+
+
+def _negated(entry: Entry) -> _Negated:
+    return _Negated(entry)
+
+
+def _rows(source: _Source, start: int, limit: int, span: int) -> list[Row]:
+    """Up to `limit` current rows from position `start`, not past position `span`."""
+    rows: list[Row] = []
+    seen: set[str] = set()
+    for entry in itertools.islice(_ascending_from(source, start), max(0, span - start)):
+        job_id = entry[-1]
+        if job_id in seen:
+            continue  # a patch that kept the sort key left a twin entry
+        record = source.row(entry)
+        if record is None:
+            continue
+        seen.add(job_id)
+        rows.append((job_id, record))
+        if len(rows) >= limit:
+            break
+    return rows
+
+
+def _filled_rows(source: _Source, start: int, limit: int, span: int) -> tuple[int, list[Row]]:
+    """`_rows`, completed with rows from before `start` when stale entries left it short.
+
+    Stale entries cluster where jobs left (a patched job's old place), so a tail
+    window can be made of them; it then takes the nearest current rows before
+    it, looking back twice as far each time. Returns the window's start.
+    """
+    items = _rows(source, start, limit, span)
+    step = limit
+    while len(items) < limit and start > 0 and step <= 64 * limit:
+        earlier = max(0, start - step)
+        shown = {job_id for job_id, _ in items}
+        before = [
+            row for row in _rows(source, earlier, start - earlier, start) if row[0] not in shown
+        ]
+        taken = before[len(before) - min(len(before), limit - len(items)) :]
+        items = taken + items
+        start = earlier if len(taken) == len(before) else max(earlier, start - len(taken))
+        step *= 2
+    return start, items
+
+
+def _walk(
+    source: _Source,
+    entries: Iterator[Entry],
+    position: int,
+    step: int,
+    span: int,
+    query: Query,
+) -> tuple[int | None, Row | None]:
+    """The first current entry matching `query`, and its position; gives up after a bound."""
+    for examined, entry in enumerate(entries):
+        if position < 0 or position >= span or examined >= FIND_MAX_EXAMINED:
+            break
+        record = source.row(entry)
+        if record is not None and query.matches(record):
+            return position, (entry[-1], record)
+        position += step
+    return None, None
+
+
+def job_view(job_id: str, record: dict, detail: bool, payload: Any = None) -> dict:
+    """A job as the viewer sees it (the reference's AdminJob shape)."""
+    view: dict[str, Any] = {
+        "id": job_id,
+        "queue": record["queue"],
+        "job_type": record["type"],
+        "priority": record["priority"],
+        "ready_at": record["ready_at"],
+        "attempts": record["attempts"],
+    }
+    for name in ("dequeued_at", "failed_at"):
+        if name in record:
+            view[name] = record[name]
+    if detail:
+        view["status"] = record["status"]
+        for name in ("retry_limit", "backoff", "retention", "unique_key", "unique_while"):
+            if name in record:
+                view[name] = record[name]
+        if "batch" in record:
+            view["batch_key"] = record["batch"].get("key")
+        view["payload"] = payload
+    return view
