@@ -15,6 +15,7 @@ import pytest
 
 from zizq.api import events
 from zizq.api.app import create_admin_app
+from zizq.license import License, LicenseState, Tier
 from zizq.listener import Listener
 from zizq.queue import observe
 from zizq.queue.maintenance import Maintenance
@@ -220,6 +221,8 @@ def _handshake(port: int) -> socket.socket:
 def test_a_viewer_that_never_reads_is_closed(make_engine, run, store, monkeypatch):
     monkeypatch.setattr(events, "SEND_TIMEOUT_S", 0.5)
     engine = make_engine()
+    # Pro: windows of 200 rows, so each snapshot carries ~1 MiB of payloads.
+    engine.license = LicenseState(License("t", "t", Tier.PRO, 2**40))
     big = {"b": "x" * 60_000}
     run(engine.enqueue([parse_job({"queue": "q", "type": "t", "payload": big}) for _ in range(20)]))
     maintenance = Maintenance(store, "1.2.3")

@@ -430,7 +430,7 @@ def _ascending_from(source: _Source, first: int) -> Iterator[Entry]:
         return itertools.islice(source.ascending(), first, None)
     size = source.size()
     if size - first <= PREFIX_MAX:
-        return iter(heapq.nsmallest(size - first, source.entries(), key=_negated)[::-1])
+        return iter(heapq.nlargest(size - first, source.entries())[::-1])
     return iter(sorted(source.entries())[first:])
 
 
@@ -440,22 +440,6 @@ def _descending_from(source: _Source, last: int) -> Iterator[Entry]:
     if last < PREFIX_MAX:
         return reversed(list(itertools.islice(source.ascending(), last + 1)))
     return reversed(sorted(source.entries())[: last + 1])
-
-
-class _Negated:
-    """Reverses the order of an entry (nsmallest of these = nlargest of entries, any type)."""
-
-    __slots__ = ("entry",)
-
-    def __init__(self, entry: Entry) -> None:
-        self.entry = entry
-
-    def __lt__(self, other: _Negated) -> bool:
-        return other.entry < self.entry
-
-
-def _negated(entry: Entry) -> _Negated:
-    return _Negated(entry)
 
 
 def _rows(source: _Source, start: int, limit: int, span: int) -> list[Row]:
