@@ -53,6 +53,10 @@ class ReadyIndex:
     def __len__(self) -> int:
         return sum(len(heap) for heap in self._heaps.values())
 
+    def heaps(self) -> dict[str, list[tuple[int, str]]]:
+        """The live heaps per queue, for read-only viewers (zizq.queue.observe): never mutate."""
+        return self._heaps
+
     def clear(self) -> None:
         self._heaps.clear()
 
@@ -82,6 +86,10 @@ class TimerHeap:
 
     def __len__(self) -> int:
         return len(self._heap)
+
+    def entries(self) -> list[tuple[int, str]]:
+        """The live heap of (due, id), for read-only viewers (zizq.queue.observe): never mutate."""
+        return self._heap
 
     def clear(self) -> None:
         self._heap.clear()

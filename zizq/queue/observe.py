@@ -204,7 +204,7 @@ class _ReadySource(_Source):
     def __init__(self, engine: Engine) -> None:
         self._store = engine.store
         # ReadyIndex keeps one heap of (priority, id) per queue; we only read them.
-        self._heaps: dict[str, list[tuple[int, str]]] = engine.ready._heaps
+        self._heaps: dict[str, list[tuple[int, str]]] = engine.ready.heaps()
 
     def entries(self) -> Iterable[Entry]:
         return itertools.chain.from_iterable(self._heaps.values())
@@ -232,7 +232,7 @@ class _ReadySource(_Source):
 class _ScheduledSource(_Source):
     def __init__(self, engine: Engine) -> None:
         self._store = engine.store
-        self._heap: list[tuple[int, str]] = engine.scheduler.due._heap  # (ready_at, id)
+        self._heap: list[tuple[int, str]] = engine.scheduler.due.entries()  # (ready_at, id)
 
     def entries(self) -> Iterable[Entry]:
         return self._heap
