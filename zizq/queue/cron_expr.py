@@ -70,6 +70,9 @@ _SECOND = timedelta(seconds=1)
 _DAY = timedelta(days=1)
 # A fixed-time expression skips at most one candidate per repeated or vanished wall time.
 _MAX_SKIPS = 8
+# Offset changes a real-time search may cross (cronsim's 50 years, up to 4 changes a year).
+_MAX_STRETCHES = 256
+_PROBE = 86400
 
 
 class CronError(InvalidInput):
@@ -147,29 +150,20 @@ class Schedule:
         return ((found - _EPOCH) // _SECOND - offset) * 1000
 
     def _next_real_time(self, second: int, zone: tzinfo, jump: bool) -> int | None:
-        # Aware datetimes: cronsim steps through UTC, so each real instant is seen once.
-        start = datetime.fromtimestamp(second, zone)
-        if jump:
-            wall = start.replace(tzinfo=None)
-            skipped = self._skip_dead_time(wall)
-            later = skipped.replace(tzinfo=zone, fold=start.fold)
-            # Only a jump within one offset skips exactly the dead wall times: not one over
-            # a DST change, nor to a time that does not exist.
-            if (
-                skipped is not wall
-                and later.utcoffset() == start.utcoffset()
-                and _exists(later, zone)
-            ):
-                start = later
-        search = self._search(start)
-        for _ in range(_MAX_SKIPS):
-            moment = next(search)
-            # cronsim can land on a time a gap removed (a midnight that does not exist, from
-            # a day change): that time does not happen, so look further.
-            if _exists(moment, zone):
-                found = int(moment.timestamp())
-                if found > second:  # a guard; cronsim's results are later than `start`
-                    return found * 1000
+        # Real time, one constant-offset stretch at a time: within a stretch the wall clock
+        # is the instant plus the offset, so cronsim walks it naively (cronsim's own aware
+        # stepping misses times after a half-hour change, as Lord Howe's). A match beyond
+        # the stretch's end is not trusted: the search starts again at the change.
+        after = second
+        for _ in range(_MAX_STRETCHES):
+            offset = _offset_at(after + 1, zone)
+            wall = _EPOCH + timedelta(seconds=after + offset)
+            found = next(self._search(self._skip_dead_time(wall) if jump else wall))
+            instant = (found - _EPOCH) // _SECOND - offset
+            change = _first_change(after + 1, instant, zone, offset)
+            if change is None:
+                return instant * 1000
+            after = change - 1
         return None
 
     def _next_wall_clock(self, second: int, zone: tzinfo, jump: bool) -> int | None:
@@ -209,10 +203,30 @@ def _next_time_of_day(
     return (hours[i], minutes[0], seconds[0])
 
 
-def _exists(moment: datetime, zone: tzinfo) -> bool:
-    """Whether aware `moment` is a real local time (not in a spring-forward gap)."""
-    back = datetime.fromtimestamp(int(moment.timestamp()), zone)
-    return back.replace(tzinfo=None) == moment.replace(tzinfo=None)
+def _offset_at(instant: int, zone: tzinfo) -> int:
+    return datetime.fromtimestamp(instant, zone).utcoffset() // _SECOND
+
+
+def _first_change(first: int, last: int, zone: tzinfo, offset: int) -> int | None:
+    """The first epoch second in [first, last] whose offset is not `offset` (that of
+    `first`), or None.
+
+    Probes a day apart: since 1900 no zone has changed its offset and changed it back within
+    four days (tzdata), so no change slips between two probes.
+    """
+    low = first
+    while low < last:
+        high = min(low + _PROBE, last)
+        if _offset_at(high, zone) != offset:
+            while high - low > 1:  # offset(low) is `offset`, offset(high) is not
+                middle = (low + high) // 2
+                if _offset_at(middle, zone) == offset:
+                    low = middle
+                else:
+                    high = middle
+            return high
+        low = high
+    return None
 
 
 def _instant_of(wall: datetime, zone: tzinfo) -> int | None:
