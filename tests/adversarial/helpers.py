@@ -160,3 +160,15 @@ class AckingWorker:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def list_jobs(client: httpx.Client) -> list[dict]:
+    """Every job, following the listing's `next` links (pages of 2,000)."""
+    jobs, path = [], "/jobs?limit=2000"
+    while path:
+        response = client.get(path)
+        assert response.status_code == 200, response.text
+        page = response.json()
+        jobs += page["jobs"]
+        path = page["pages"]["next"]
+    return jobs

@@ -31,6 +31,7 @@ import httpx
 import msgpack
 import pytest
 
+from tests.adversarial.helpers import list_jobs
 from tests.e2e.zizq_process import ZizqServer
 from tests.licensing import mint
 from zizq.store import Store, layout
@@ -98,17 +99,6 @@ class Restart:
     killed_at: int  # ms, just after the kill returned
     next_at: dict[tuple[str, str], int]  # each entry's stored next at that moment
     listening_at: int  # ms, once the restarted server listened
-
-
-def list_jobs(client: httpx.Client) -> list[dict]:
-    jobs, path = [], "/jobs?limit=2000"
-    while path:
-        response = client.get(path)
-        assert response.status_code == 200, response.text
-        page = response.json()
-        jobs += page["jobs"]
-        path = page["pages"]["next"]
-    return jobs
 
 
 def acknowledged(client: httpx.Client) -> Seen:

@@ -22,6 +22,7 @@ import httpx
 import msgpack
 import pytest
 
+from tests.adversarial.helpers import list_jobs
 from tests.licensing import mint
 from zizq.queue.cron import MAX_CRON_ENTRIES
 
@@ -42,17 +43,6 @@ def entry(group: str, name: str, expression: str = EVERY_SECOND, **extra) -> dic
         "job": {"queue": "cron", "type": "tick", "payload": payload},
         **extra,
     }
-
-
-def list_jobs(client: httpx.Client) -> list[dict]:
-    jobs, path = [], "/jobs?limit=2000"
-    while path:
-        response = client.get(path)
-        assert response.status_code == 200, response.text
-        page = response.json()
-        jobs += page["jobs"]
-        path = page["pages"]["next"]
-    return jobs
 
 
 def doubled(jobs: list[dict]) -> dict:
