@@ -134,19 +134,46 @@ def test_several_hours_are_an_interval_as_in_croner():
     assert parse_expression("30 2 * * *").fixed_time
 
 
-def test_dead_time_is_never_jumped_over_a_dst_change():
-    # The search skips to just before the next matching time of day, but not into a gap
-    # (02:40 comes after Lord Howe's 02:00-02:30 gap, 02:20 does not exist)...
+def test_several_times_an_hour_around_a_gap_and_a_fall_back():
+    # 02:40 comes after Lord Howe's 02:00-02:30 gap; 02:20 does not exist that day.
     lord_howe = ZoneInfo("Australia/Lord_Howe")
     assert fires("0 20,40 2 * * *", "2025-10-05T01:50", lord_howe, 2) == [
         "2025-10-05T02:40:00+11:00",
         "2025-10-06T02:20:00+11:00",
     ]
-    # ...nor over a fall-back, whose second pass matches again.
+    # From the first pass, the second pass comes before the next day.
     assert fires("0 0,30 1 * * *", "2025-11-02T01:45", NEW_YORK, 3) == [
         "2025-11-02T01:00:00-05:00",
         "2025-11-02T01:30:00-05:00",
         "2025-11-03T01:00:00-05:00",
+    ]
+
+
+def test_half_hour_dst_changes_miss_no_minute():
+    # Lord Howe moves by 30 minutes: 02:00 -> 02:30 on 2025-10-05, 02:00 -> 01:30 on
+    # 2026-04-05. Stepping hour by hour in real time would land on :30 and miss 08:27.
+    lord_howe = ZoneInfo("Australia/Lord_Howe")
+    assert fires("27-51 8 * * *", "2025-10-05T01:00", lord_howe, 2) == [
+        "2025-10-05T08:27:00+11:00",
+        "2025-10-05T08:28:00+11:00",
+    ]
+    assert fires("*/20 * * * *", "2026-04-05T01:25", lord_howe, 5) == [
+        "2026-04-05T01:40:00+11:00",
+        "2026-04-05T01:40:00+10:30",
+        "2026-04-05T02:00:00+10:30",
+        "2026-04-05T02:20:00+10:30",
+        "2026-04-05T02:40:00+10:30",
+    ]
+
+
+def test_a_midnight_lost_to_a_gap():
+    # Santiago skips 00:00-01:00 on Sunday 2025-09-07.
+    santiago = ZoneInfo("America/Santiago")
+    assert fires("0 0,12 * * *", "2025-09-06T13:00", santiago, 1) == ["2025-09-07T12:00:00-03:00"]
+    assert fires("0 0 * * *", "2025-09-06T13:00", santiago, 1) == ["2025-09-07T01:00:00-03:00"]
+    assert fires("0 * * * SUN", "2025-09-06T13:00", santiago, 2) == [
+        "2025-09-07T01:00:00-03:00",
+        "2025-09-07T02:00:00-03:00",
     ]
 
 
@@ -475,7 +502,8 @@ def _transitions(zone, year: int) -> list[int]:
     return found
 
 
-NEAR_CHANGES = sorted({t for zone in ZONES[1:] for t in _transitions(zone, 2025)})
+ZONE_CHANGES = [(zone, t) for zone in ZONES[1:] for t in _transitions(zone, 2025)]
+NEAR_CHANGES = sorted({t for _, t in ZONE_CHANGES})
 
 
 def _field(low: int, high: int):
@@ -514,3 +542,79 @@ def test_next_after_properties(expression, now, zone):
     assert schedule.next_after(found - 1, zone) == found
     # Jumping over a day's dead time changes nothing against plain cronsim stepping.
     assert schedule._next(now // 1000, zone, jump=False) == found
+
+
+def _values(text: str, low: int, high: int) -> set[int]:
+    """The values of a field as `_field` writes them, parsed independently of the module."""
+    if text == "*":
+        return set(range(low, high + 1))
+    if text.startswith("*/"):
+        return set(range(low, high + 1, int(text[2:])))
+    if "-" in text:
+        first, last = map(int, text.split("-"))
+        return set(range(first, last + 1))
+    return {int(value) for value in text.split(",")}
+
+
+def _brute_force(fields, fixed: bool, after: int, zone, until: int) -> int | None:
+    """The fire time by definition, trying every real minute (or each day) up to `until`.
+
+    Fixed time: each day's time once, the first pass of a repeated time, the end of the gap
+    for a skipped one (on the same day). Otherwise: every real minute whose wall time matches.
+    """
+    minutes, hours, weekdays = fields
+
+    def matches(wall: datetime) -> bool:
+        return wall.minute in minutes and wall.hour in hours and wall.weekday() in weekdays
+
+    if not fixed:
+        for minute in range(after // 60 + 1, until // 60 + 1):
+            if matches(datetime.fromtimestamp(minute * 60, zone)):
+                return minute * 60
+        return None
+    day = datetime.fromtimestamp(after, zone).date() - timedelta(days=1)
+    while datetime.combine(day, datetime.min.time(), zone).timestamp() <= until:
+        wall = datetime(day.year, day.month, day.day, min(hours), min(minutes))
+        if matches(wall):
+            instant = int(wall.replace(tzinfo=zone).timestamp())
+            if datetime.fromtimestamp(instant, zone).replace(tzinfo=None) != wall:  # a gap
+                instant = next(t for t in range(instant - 7200, instant + 1) if _change(t, zone))
+                if datetime.fromtimestamp(instant, zone).date() != day:
+                    instant = None
+            if instant is not None and after < instant <= until:
+                return instant
+        day += timedelta(days=1)
+    return None
+
+
+def _change(instant: int, zone) -> bool:
+    """Whether the offset at `instant` differs from the one a second before."""
+    before = datetime.fromtimestamp(instant - 1, zone).utcoffset()
+    return datetime.fromtimestamp(instant, zone).utcoffset() != before
+
+
+WEEKDAYS = [("*", set(range(7))), ("0", {6}), ("1-5", {0, 1, 2, 3, 4})]  # cron -> Python
+
+
+@settings(max_examples=150, deadline=None, derandomize=True)
+@given(
+    _field(0, 59),
+    _field(0, 23),
+    st.sampled_from(WEEKDAYS),
+    st.sampled_from(ZONE_CHANGES),
+    st.integers(-86400, 3600),
+)
+def test_next_after_agrees_with_brute_force_near_dst_changes(
+    minute, hour, weekday, zone_change, shift
+):
+    (zone, change), (weekday_field, weekdays) = zone_change, weekday
+    schedule = parse_expression(f"{minute} {hour} * * {weekday_field}")
+    fields = (_values(minute, 0, 59), _values(hour, 0, 23), weekdays)
+    after = change + shift
+    until = after + 2 * 86400
+    found = schedule.next_after(after * 1000, zone)
+    expected = _brute_force(fields, schedule.fixed_time, after, zone, until)
+    if found is not None and found // 1000 <= until:
+        assert found // 1000 == expected
+    else:
+        assert expected is None

@@ -7,9 +7,12 @@ change, the way the reference's croner does (OCPS):
   e.g. `30 2 * * *`) is walked in local wall-clock time: a time skipped by a spring-forward
   fires once at the first real second after the gap, a time repeated by a fall-back fires
   once, at its first occurrence;
-- every other expression (`*/30 * * * *`, `0 0-6 * * *`) is walked in real time: it fires
-  at each real instant whose local time matches, so skipped times do not fire and
-  repeated ones fire twice, and intervals are kept.
+- every other expression (`*/30 * * * *`, `0 0-6 * * *`) fires at each real instant whose
+  local time matches, so skipped times do not fire, repeated ones fire twice, and
+  intervals are kept.
+
+cronsim only ever walks naive times here: its own aware mode steps hour by hour in real
+time and misses times after a half-hour change (Lord Howe Island).
 
 Day-of-month and day-of-week combine as in croner: AND when either is exactly `*` (or
 `?`), OR otherwise. Fixed-offset zones (UTC) skip the time-zone work altogether.
@@ -68,10 +71,8 @@ _ANCHOR = datetime(2000, 1, 1)
 _EPOCH = datetime(1970, 1, 1)
 _SECOND = timedelta(seconds=1)
 _DAY = timedelta(days=1)
-# A fixed-time expression skips at most one candidate per repeated or vanished wall time.
+# A search passes over a candidate or two (a first pass gone by, a time lost to a gap).
 _MAX_SKIPS = 8
-# Offset changes a real-time search may cross (cronsim's 50 years, up to 4 changes a year).
-_MAX_STRETCHES = 256
 _PROBE = 86400
 
 
@@ -150,21 +151,51 @@ class Schedule:
         return ((found - _EPOCH) // _SECOND - offset) * 1000
 
     def _next_real_time(self, second: int, zone: tzinfo, jump: bool) -> int | None:
-        # Real time, one constant-offset stretch at a time: within a stretch the wall clock
-        # is the instant plus the offset, so cronsim walks it naively (cronsim's own aware
-        # stepping misses times after a half-hour change, as Lord Howe's). A match beyond
-        # the stretch's end is not trusted: the search starts again at the change.
-        after = second
-        for _ in range(_MAX_STRETCHES):
-            offset = _offset_at(after + 1, zone)
-            wall = _EPOCH + timedelta(seconds=after + offset)
-            found = next(self._search(self._skip_dead_time(wall) if jump else wall))
-            instant = (found - _EPOCH) // _SECOND - offset
-            change = _first_change(after + 1, instant, zone, offset)
-            if change is None:
-                return instant * 1000
-            after = change - 1
-        return None
+        # The first real instant whose wall-clock time matches. cronsim finds the first
+        # matching wall time after now's, walking naive times (its own aware stepping misses
+        # times after a half-hour change, as Lord Howe's); then that wall time is placed:
+        # skipped by a gap, it does not happen; repeated, its first pass still to come counts.
+        offset = _offset_at(second + 1, zone)
+        wall = _EPOCH + timedelta(seconds=second + offset)
+        search = self._search(self._skip_dead_time(wall) if jump else wall)
+        for _ in range(_MAX_SKIPS):
+            found = next(search)
+            instant = int(found.replace(tzinfo=zone, fold=0).timestamp())
+            if _wall_of(instant, zone) != found:  # in a gap: go on from its end
+                resume = _wall_of(_gap_end(found, zone), zone) - _SECOND
+                search = self._search(self._skip_dead_time(resume) if jump else resume)
+                continue
+            if instant <= second:  # now is in the second pass: the first has gone
+                instant = int(found.replace(tzinfo=zone, fold=1).timestamp())
+            if instant > second:
+                break
+        else:
+            return None
+        earlier = self._in_fall_back(second, offset, wall, instant, zone, jump)
+        return (instant if earlier is None else earlier) * 1000
+
+    def _in_fall_back(
+        self, second: int, offset: int, wall: datetime, instant: int, zone: tzinfo, jump: bool
+    ) -> int | None:
+        """An earlier fire in the repeated wall times of a fall-back soon after now, if any.
+
+        A fall-back brings back wall times up to now's, which the search from now's wall
+        time did not look at. Offsets never move by more than a day and never change twice
+        within four days, so one look two days ahead finds any such fall-back.
+        """
+        horizon = min(instant, second + 2 * 86400)
+        later_offset = _offset_at(horizon, zone)
+        if later_offset >= offset:
+            return None
+        change = _first_change(second + 1, horizon, zone, offset)
+        if change is None:
+            return None
+        back_to = _EPOCH + timedelta(seconds=change + later_offset)
+        if back_to > wall:
+            return None
+        start = back_to - _SECOND
+        found = next(self._search(self._skip_dead_time(start) if jump else start))
+        return (found - _EPOCH) // _SECOND - later_offset if found <= wall else None
 
     def _next_wall_clock(self, second: int, zone: tzinfo, jump: bool) -> int | None:
         # Naive wall-clock times: each local time is seen once, whatever DST does.
@@ -205,6 +236,10 @@ def _next_time_of_day(
 
 def _offset_at(instant: int, zone: tzinfo) -> int:
     return datetime.fromtimestamp(instant, zone).utcoffset() // _SECOND
+
+
+def _wall_of(instant: int, zone: tzinfo) -> datetime:
+    return datetime.fromtimestamp(instant, zone).replace(tzinfo=None)
 
 
 def _first_change(first: int, last: int, zone: tzinfo, offset: int) -> int | None:
