@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -128,11 +129,14 @@ class Engine(JobControl, KeyedJobs):
         # In-flight jobs whose requeue the store refused (disk full): retried every second.
         self._orphans: dict[str, dict] = {}
         self._orphan_timer: asyncio.TimerHandle | None = None
+        # When start() ran (time.monotonic()): the uptime live viewers show.
+        self.started_monotonic: float | None = None
 
     # -- lifecycle -------------------------------------------------------------
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        self.started_monotonic = time.monotonic()
         self.dispatcher.bind(loop)
         found = recover(self.store)
         self.ready.load(found.ready)
