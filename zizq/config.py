@@ -335,6 +335,7 @@ class ServeConfig:
     heartbeat_interval_ms: int = 3000
     idle_timeout_ms: int = 75_000  # close client connections idle this long
     global_in_flight_limit: int = 1024  # 0 = no limit
+    max_budgets: int = 8192  # budgets (pro) the server holds at most
     default_retry_limit: int = 25
     default_backoff: BackoffPolicy = DEFAULT_BACKOFF  # frozen, so sharing it is safe
     default_completed_retention_ms: int = 0

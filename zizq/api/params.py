@@ -16,7 +16,17 @@ from zizq.queue.query import JobFilter, PayloadFilter, Range, parse_range
 from zizq.queue.records import MAX_PRIORITY, MAX_TIME_MS, STATUSES
 from zizq.queue.spec import check_name
 
-FILTER_PARAMS = ("id", "queue", "type", "status", "priority", "ready_at", "attempts", "filter")
+FILTER_PARAMS = (
+    "id",
+    "queue",
+    "type",
+    "status",
+    "priority",
+    "ready_at",
+    "attempts",
+    "budgets.key",
+    "filter",
+)
 PAGE_PARAMS = ("order", "limit", "from", "before")
 MAX_ATTEMPTS = 2**32 - 1  # attempts are counted in 32 bits, as the reference does
 RANGE_MAXIMA = {"priority": MAX_PRIORITY, "ready_at": MAX_TIME_MS, "attempts": MAX_ATTEMPTS}
@@ -93,6 +103,7 @@ def job_filter(req: falcon.Request) -> JobFilter:
         queues=names(_param(req, "queue"), "queue"),
         types=names(_param(req, "type"), "type"),
         statuses=statuses,
+        budget_keys=names(_param(req, "budgets.key"), "budgets.key"),
         payload=None if expression is None else PayloadFilter(expression),
         **ranges,
     )

@@ -156,6 +156,7 @@ def serve_config_from_params(**params: Any) -> ServeConfig:
         heartbeat_interval_ms=params["heartbeat_interval"],
         idle_timeout_ms=_idle_timeout(params["idle_timeout"], params["heartbeat_interval"]),
         global_in_flight_limit=params["global_in_flight_limit"],
+        max_budgets=params["max_budgets"],
         default_retry_limit=params["default_retry_limit"],
         default_backoff=_backoff(
             params["default_backoff_base"],
@@ -304,6 +305,12 @@ _SERVE_OPTIONS: list[Callable[[F], F]] = [
         short="-l",
         type=Count(0),
         default=1024,
+    ),
+    _option(
+        "--max-budgets",
+        "Most budgets (pro: concurrency and rate limits) the server holds.",
+        type=Count(1, MAX_I32),
+        default=8192,
     ),
     _option(
         "--default-retry-limit",

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from zizq.queue.errors import InvalidInput
-from zizq.queue.spec import MAX_I32, MAX_I64, check_name, shown_key
+from zizq.queue.names import MAX_I32, MAX_I64, check_name, shown_key
 
 WHILE_IN_FLIGHT = "while_in_flight"
 TIME_BASED = "time_based"

@@ -19,6 +19,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from zizq.logs import log_event
+from zizq.queue.budgets import BudgetBook
 from zizq.queue.dispatch import Dispatcher
 from zizq.queue.errors import Conflict, NotFound
 from zizq.queue.ids import plausible_id
@@ -63,6 +64,7 @@ class JobControl:
     _index_waiting: Callable[[str, dict], None]
     _after_index_change: Callable[[], None]
     _forget_keys: Callable[[WriteBatch, str, dict], None]
+    budgets: BudgetBook
 
     async def _reap_due(self) -> None:
         """Remove expired jobs now, so counters never count a job that is already invisible."""
@@ -177,10 +179,12 @@ class JobControl:
                 self._index_waiting(job_id, record)
         self._after_index_change()
 
-    def _deletes_landed(self, job_ids: list[str]) -> None:
-        for job_id in job_ids:
-            self.dispatcher.drop(job_id)  # frees its stream's slot; a later ack gets 404
+    def _deletes_landed(self, deleted: list[tuple[str, dict]]) -> None:
+        for job_id, _ in deleted:
+            self.dispatcher.drop(job_id)  # frees its stream's slot (and budget tokens)
+            self.dispatcher.gate.forget_job(job_id)  # if it was parked, it is no more
             self._orphans.pop(job_id, None)
+        self.budgets.unbound(record for _, record in deleted if record["status"] not in TERMINAL)
         if self.dispatcher.feed.active:  # a deleted ready or scheduled job leaves viewers' lists
             self.dispatcher.feed.changed()
 
@@ -206,7 +210,7 @@ class JobControl:
         self._forget_keys(batch, job_id, record)
         batch.delete_job(job_id, index_key_of(record))
         self._write_visible(batch)
-        self._deletes_landed([job_id])
+        self._deletes_landed([(job_id, record)])
 
     async def _matching_slices(self, job_filter: JobFilter):
         """Yield the current (id, record) of the jobs matching a filter, a slice at a time.
@@ -267,7 +271,7 @@ class JobControl:
 
     async def delete_jobs(self, job_filter: JobFilter) -> int:
         if _selects_everything(job_filter):
-            return await self.reset()
+            return await self.reset(budgets_too=False)
         total = 0
         async for found in self._matching_slices(job_filter):
             if not found:
@@ -277,15 +281,16 @@ class JobControl:
                 self._forget_keys(batch, job_id, record)
                 batch.delete_job(job_id, index_key_of(record))
             self._write_visible(batch)
-            self._deletes_landed([job_id for job_id, _ in found])
+            self._deletes_landed(found)
             total += len(found)
         if self.maintenance is not None:
             self.maintenance.note_deleted(total)
         log_event(logger, logging.INFO, "jobs deleted by filter", deleted=total)
         return total
 
-    async def reset(self) -> int:
-        """Delete every job (in flight too) in one atomic batch; returns how many there were.
+    async def reset(self, budgets_too: bool = True) -> int:
+        """Delete every job (in flight too) and every budget (unless told not to) in one
+        atomic batch; returns how many jobs there were.
 
         Every write handed to the commit thread before the reset lands first
         (new writes wait meanwhile), so none of them can outlive the reset or
@@ -299,8 +304,14 @@ class JobControl:
             total = sum(self.store.counts.values())
             batch = self.store.batch()
             batch.delete_everything()
+            if budgets_too:
+                self.budgets.reset(batch)
             self._write_visible(batch)
             self.dispatcher.drop_all()
+            if budgets_too:
+                self.budgets.cleared()
+            else:
+                self.budgets.jobs_cleared()
             self.ready.clear()
             self.scheduler.due.clear()
             self.reaper.due.clear()

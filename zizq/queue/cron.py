@@ -24,6 +24,7 @@ from zizq.license import LicenseState
 from zizq.logs import log_event
 from zizq.queue import cron_expr
 from zizq.queue.batching import BatchExpressions
+from zizq.queue.budgets import BudgetBook
 from zizq.queue.cron_expr import Schedule
 from zizq.queue.cron_spec import EntryDef, GroupDef, GroupPatch, leave_alone, parse_template
 from zizq.queue.errors import AlreadyExists, InvalidInput, NotFound, Unprocessable
@@ -187,6 +188,7 @@ class Crons:
         self.groups: dict[str, CronGroup] = {}
         self.lock = asyncio.Lock()
         self.scheduler: CronScheduler | None = None  # set by the engine
+        self.budgets: BudgetBook | None = None  # set by the engine: templates may draw on budgets
         self._entry_count = 0
 
     # -- start -----------------------------------------------------------------
@@ -254,6 +256,21 @@ class Crons:
         ]
         if batched:
             await self._batches.dry_run(batched)
+        if self.budgets is not None:
+            # Budgets a template draws on are created now, not at its first firing.
+            self.budgets.ensure_for_templates(
+                [(f"{where(i)}job.", e.spec) for i, e in enumerate(entries)]
+            )
+
+    def budget_draws(self, key: str) -> list[int]:
+        """The cost each entry's template draws on budget `key` (one per drawing entry)."""
+        costs = []
+        for group in self.groups.values():
+            for entry in group.entries.values():
+                spec = entry.spec
+                if spec is not None and spec.budgets:
+                    costs.extend(b.cost for b in spec.budgets if b.key == key)
+        return costs
 
     def _room_for(self, added_entries: int, added_groups: int) -> None:
         if self._entry_count + added_entries > MAX_CRON_ENTRIES:

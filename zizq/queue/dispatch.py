@@ -25,6 +25,11 @@ Fair shares of the global in-flight limit L (when L > 0), with n open streams:
 Both rules are integer comparisons per stream and pass; the hot path is
 unchanged while every stream is below its share.
 
+Jobs bound to budgets (pro) pass the budget gate (zizq.queue.budget_gate) as
+they are picked: they take their tokens or are parked apart, so nothing waits
+behind them. A pass parks at most PARKS_PER_PASS jobs, then yields the loop and
+continues in a new pass.
+
 A pass whose store write fails is undone (jobs back in the ready heap,
 streams' in-flight sets restored), logged once per outage, and retried by a
 later pass.
@@ -39,6 +44,7 @@ from collections import deque
 from collections.abc import Callable
 
 from zizq.logs import log_event
+from zizq.queue.budget_gate import BudgetGate
 from zizq.queue.consumer import Consumer, Delivery
 from zizq.queue.indexes import ReadyIndex
 from zizq.queue.observe import ChangeFeed
@@ -49,6 +55,7 @@ logger = logging.getLogger("zizq.dispatch")
 
 UNLIMITED = 1 << 62
 RETRY_AFTER_FAILED_WRITE_S = 1.0  # a failed store write is retried by a later pass
+PARKS_PER_PASS = 2000  # jobs a pass may park before it lets other work run
 _ABSENT = object()
 
 
@@ -92,10 +99,14 @@ class Dispatcher:
         # Called for each dispatched job with a batch config, to seal its batch in the pass.
         self.on_dispatch_batched: Callable[[WriteBatch, str, dict], None] | None = None
         self.feed = ChangeFeed()  # live viewers (admin /events) learn here that lists changed
+        # Budgets (pro): ready jobs whose budgets lack tokens wait here, not in the ready index.
+        self.gate = BudgetGate(ready, self.request_pump)
+        self._parks = 0  # jobs parked by the running pass
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         """Passes run on this loop (the engine's), whoever asks for one."""
         self._loop = loop
+        self.gate.bind(loop)
 
     # -- stream registration -------------------------------------------
 
@@ -113,6 +124,7 @@ class Dispatcher:
             if entry is not None and entry.consumer is consumer:
                 del self.in_flight[job_id]
                 returned.append((job_id, entry.record))
+                self.gate.release(job_id)
         consumer.in_flight.clear()
         return returned
 
@@ -152,8 +164,9 @@ class Dispatcher:
             self.drop(job_id)
 
     def release(self, entry: InFlightEntry, job_id: str) -> None:
-        """The stream that held a claimed job may take another one."""
+        """The stream that held a claimed job may take another one; its tokens come back."""
         entry.consumer.in_flight.discard(job_id)
+        self.gate.release(job_id)
         self.request_pump()
 
     # -- dispatch ------------------------------------------------------------
@@ -166,9 +179,12 @@ class Dispatcher:
             loop = self._loop or asyncio.get_running_loop()
             loop.call_soon(self._pump)
 
-    def _pop_valid(self, queues: frozenset[str] | None) -> tuple[str, dict] | None:
-        """Best ready job for these queues, skipping stale index entries."""
+    def _pop_valid(self, queues: frozenset[str] | None, now: int) -> tuple[str, dict] | None:
+        """Best ready job for these queues, skipping stale index entries and parking jobs
+        whose budgets lack tokens (None once the pass has parked its share)."""
         while True:
+            if self._parks >= PARKS_PER_PASS:
+                return None
             entry = self._ready.pop_best(queues)
             if entry is None:
                 return None
@@ -187,6 +203,9 @@ class Dispatcher:
                 and record["queue"] == queue
                 and record["priority"] == priority
             ):
+                if "budgets" in record and not self.gate.admit(job_id, record, now):
+                    self._parks += 1
+                    continue
                 return job_id, record
 
     def _serve(
@@ -211,7 +230,7 @@ class Dispatcher:
                     continue
                 if lending and consumer.undelivered:
                     continue
-                picked = self._pop_valid(consumer.queues)
+                picked = self._pop_valid(consumer.queues, now)
                 if picked is None:
                     continue
                 job_id, record = picked
@@ -238,6 +257,14 @@ class Dispatcher:
         self._pump_scheduled = False
         if not self._consumers:
             return
+        self._parks = 0
+        try:
+            self._pass()
+        finally:
+            if self._parks >= PARKS_PER_PASS:
+                self.request_pump()  # more jobs to look at: after other work had its turn
+
+    def _pass(self) -> None:
         limit = self._global_limit
         free = limit - len(self.in_flight) if limit > 0 else UNLIMITED
         share, cap = stream_limits(limit, len(self._consumers))
@@ -346,6 +373,7 @@ class Dispatcher:
                 record["status"] = READY
                 record.pop("dequeued_at", None)
                 self._ready.push(record["queue"], record["priority"], delivery.job_id)
+                self.gate.release(delivery.job_id)
                 count += 1
         logger.info("dispatch: took back %d unsent jobs for streams below their share", count)
         return count
@@ -369,6 +397,7 @@ class Dispatcher:
             for job_id, _ in jobs:
                 consumer.in_flight.discard(job_id)
                 self.in_flight.pop(job_id, None)
+                self.gate.release(job_id)
         for job_id, record, dequeued_at in pass_.undo:
             record["status"] = READY
             if dequeued_at is _ABSENT:

@@ -26,6 +26,7 @@ from zizq.logs import log_event
 from zizq.queue import batching, jq_sandbox
 from zizq.queue.backoff import policy_from_record, retry_delay_ms
 from zizq.queue.batching import BatchExpressions
+from zizq.queue.budgets import DEFAULT_MAX_BUDGETS, BudgetBook
 from zizq.queue.consumer import Consumer
 from zizq.queue.control import JobControl
 from zizq.queue.cron import Crons
@@ -34,6 +35,7 @@ from zizq.queue.dispatch import Dispatcher, InFlightEntry
 from zizq.queue.errors import NotFound
 from zizq.queue.ids import new_id, plausible_id
 from zizq.queue.indexes import ReadyIndex
+from zizq.queue.job_budgets import JobBudgets
 from zizq.queue.jq_sandbox import JqSandbox
 from zizq.queue.keyed import KeyedJobs
 from zizq.queue.keylocks import KeyLocks
@@ -79,6 +81,7 @@ class EngineSettings:
     jq_workers: int = jq_sandbox.DEFAULT_WORKERS  # processes that run jq
     jq_time_limit_ms: int = jq_sandbox.DEFAULT_TIME_LIMIT_MS  # per call to a jq worker
     jq_memory_limit: int = jq_sandbox.DEFAULT_MEMORY_LIMIT  # address space of each jq worker
+    max_budgets: int = DEFAULT_MAX_BUDGETS
 
     @classmethod
     def from_config(cls, config: ServeConfig) -> EngineSettings:
@@ -94,10 +97,11 @@ class EngineSettings:
             enqueue_commit_mode=CommitMode(config.enqueue_commit_mode),
             jq_time_limit_ms=config.jq_time_limit_ms,
             jq_memory_limit=config.jq_memory_limit,
+            max_budgets=config.max_budgets,
         )
 
 
-class Engine(JobControl, KeyedJobs):
+class Engine(JobControl, KeyedJobs, JobBudgets):
     def __init__(
         self, store: Store, settings: EngineSettings, license: LicenseState | None = None
     ) -> None:
@@ -113,6 +117,9 @@ class Engine(JobControl, KeyedJobs):
         self.dispatcher = Dispatcher(store, self.ready, settings.global_in_flight_limit)
         self.dispatcher.on_dispatch_batched = self._seal_on_dispatch
         self.scheduler = Scheduler(store, self.ready, self.dispatcher)
+        # Budgets (pro): policies and what draws on them; tokens and parking are the
+        # dispatcher's gate.
+        self.budgets = BudgetBook(store, self.dispatcher.gate, self.license, settings.max_budgets)
         self.reaper = Reaper(store, settings.reaper_check_interval_ms, self._forget_keys)
         self.maintenance: Maintenance | None = None  # set by the server: backups, compaction
         # jq never runs in this process: its workers start on first use.
@@ -124,6 +131,8 @@ class Engine(JobControl, KeyedJobs):
         # Cron groups (pro): definitions in memory and in the store, fired by their own timer.
         self.crons = Crons(store, self.license, self.batches)
         self.cron_scheduler = CronScheduler(self.crons, self.enqueue, self.license)
+        self.crons.budgets = self.budgets  # templates create the budgets they draw on
+        self.budgets.cron_draws = self.crons.budget_draws
         self.query_pool = BoundedPool("zizq-query", workers=QUERY_THREADS, max_waiting=64)
         self._reset_gate: asyncio.Future | None = None  # set while POST /reset drains writes
         # In-flight jobs whose requeue the store refused (disk full): retried every second.
@@ -138,7 +147,9 @@ class Engine(JobControl, KeyedJobs):
         loop = asyncio.get_running_loop()
         self.started_monotonic = time.monotonic()
         self.dispatcher.bind(loop)
+        self.budgets.load()
         found = recover(self.store)
+        self.budgets.bound(found.drawing)
         self.ready.load(found.ready)
         self.scheduler.due.load(found.scheduled)
         self.reaper.due.load(found.retained)
@@ -181,6 +192,8 @@ class Engine(JobControl, KeyedJobs):
             record["unique_while"] = spec.unique_while
         if spec.batch is not None:
             record["batch"] = spec.batch
+        if spec.budgets:
+            record["budgets"] = [{"key": b.key, "cost": b.cost} for b in spec.budgets]
         return record
 
     async def enqueue(
@@ -195,7 +208,26 @@ class Engine(JobControl, KeyedJobs):
         `also` adds other writes to the same batch (the cron scheduler advances
         an entry in the batch that enqueues its job); it is written even when
         every job turns out to be a duplicate.
+
+        Jobs bound to budgets are checked first (zizq.queue.budgets: 403
+        without a license, 422 for a budget that does not exist or a cost it
+        can never pay); budgets created by `create_with` go in the same batch.
         """
+        claim = self.budgets.claim(specs, bulk)
+        if claim is None:
+            return await self._enqueue(specs, bulk, also)
+        if claim.created:
+            also = _both(also, claim.write)
+        try:
+            views = await self._enqueue(specs, bulk, also)
+            claim.succeeded()
+            return views
+        finally:
+            claim.done()
+
+    async def _enqueue(
+        self, specs: list[JobSpec], bulk: bool, also: WriteAlso | None
+    ) -> list[dict]:
         for spec in specs:
             if spec.keyed:
                 return await self._enqueue_keyed(specs, bulk, also)
@@ -219,6 +251,7 @@ class Engine(JobControl, KeyedJobs):
         def landed() -> None:  # runs even if this request is cancelled meanwhile
             for job_id, record in created:
                 self._index_waiting(job_id, record)
+            self.budgets.bound(record for _, record in created)
             self._after_index_change()
             if logger.isEnabledFor(logging.DEBUG):
                 for job_id, record in created:
@@ -406,6 +439,7 @@ class Engine(JobControl, KeyedJobs):
                 self.reaper.add(purge_at, job_id)
             for job_id, entry in claimed:
                 self.dispatcher.release(entry, job_id)
+            self.budgets.unbound(entry.record for _, entry in claimed)
             if self.dispatcher.feed.active:  # live viewers (admin /events) show the acks
                 for job_id, _ in claimed:
                     self.dispatcher.feed.finished(job_id, COMPLETED)
@@ -435,6 +469,8 @@ class Engine(JobControl, KeyedJobs):
                 self.reaper.add(purge_at, job_id)
             self._index_waiting(job_id, record)
             self.dispatcher.release(entry, job_id)
+            if record["status"] == DEAD:
+                self.budgets.unbound([record])
             self.scheduler.arm()
             if self.dispatcher.feed.active and record["status"] == DEAD:
                 self.dispatcher.feed.finished(job_id, DEAD)
@@ -486,6 +522,18 @@ class Engine(JobControl, KeyedJobs):
         record["status"] = SCHEDULED if ready_at > now else READY
         batch.put_job(job_id, record, previous)
         return batch, record, None
+
+
+def _both(first: WriteAlso | None, second: WriteAlso) -> WriteAlso:
+    """Two sets of extra writes for one enqueue's batch."""
+    if first is None:
+        return second
+
+    def both(batch: WriteBatch) -> None:
+        first(batch)
+        second(batch)
+
+    return both
 
 
 def _lifecycle(message: str, job_id: str, record: dict) -> None:

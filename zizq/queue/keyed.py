@@ -36,6 +36,7 @@ import msgpack
 from zizq.license import Feature, LicenseState
 from zizq.queue import batching, unique
 from zizq.queue.batching import BatchExpressions
+from zizq.queue.budgets import BudgetBook
 from zizq.queue.dispatch import Dispatcher
 from zizq.queue.errors import Conflict
 from zizq.queue.ids import new_id
@@ -83,6 +84,7 @@ class KeyedJobs:
     license: LicenseState
     locks: KeyLocks
     batches: BatchExpressions
+    budgets: BudgetBook
     _new_record: Callable[[JobSpec, int], dict]
     _index_waiting: Callable[[str, dict], None]
     _after_index_change: Callable[[], None]
@@ -132,6 +134,7 @@ class KeyedJobs:
             def landed() -> None:
                 for job_id, record in plan.created.items():
                     self._index_waiting(job_id, record)
+                self.budgets.bound(plan.created.values())
                 self._unhold(plan)
                 self._after_index_change()
                 self._drop_ghost_keys(hold.keys - plan.keyed.keys())
@@ -204,6 +207,7 @@ class KeyedJobs:
             def landed() -> None:
                 for job_id, record in created:
                     self._index_waiting(job_id, record)
+                self.budgets.bound(record for _, record in created)
                 self._after_index_change()
                 self._drop_ghost_keys(hold.keys - taken.keys())
                 self.locks.release(hold)

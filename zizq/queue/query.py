@@ -100,6 +100,7 @@ class JobFilter:
     priority: Range | None = None
     ready_at: Range | None = None
     attempts: Range | None = None
+    budget_keys: frozenset[str] | None = None  # `budgets.key=`: jobs drawing on any of them
     payload: PayloadFilter | None = field(default=None, compare=False)
 
     @property
@@ -110,6 +111,7 @@ class JobFilter:
             and self.priority is None
             and self.ready_at is None
             and self.attempts is None
+            and self.budget_keys is None
             and self.payload is None
         )
 
@@ -121,7 +123,13 @@ class JobFilter:
             and (self.priority is None or record["priority"] in self.priority)
             and (self.ready_at is None or record["ready_at"] in self.ready_at)
             and (self.attempts is None or record["attempts"] in self.attempts)
+            and (self.budget_keys is None or _draws_on(record, self.budget_keys))
         )
+
+
+def _draws_on(record: dict, keys: frozenset[str]) -> bool:
+    """Whether a job is bound to any of these budgets (there is no index: a scan decides)."""
+    return any(binding["key"] in keys for binding in record.get("budgets", ()))
 
 
 class JobQuery:

@@ -25,6 +25,7 @@ class Recovered:
     retained: list[tuple[int, str]] = field(default_factory=list)  # (purge_at, id)
     requeued: int = 0
     keys_repaired: int = 0  # unique/batch index entries added or removed at start
+    drawing: list[dict] = field(default_factory=list)  # unfinished jobs bound to budgets
 
 
 def recover(store: Store) -> Recovered:
@@ -50,6 +51,8 @@ def recover(store: Store) -> Recovered:
             requeue.put_job(job_id, record, previous)
             found.requeued += 1
             status = READY
+        if "budgets" in record and status not in TERMINAL:
+            found.drawing.append(record)
         if status == READY:
             found.ready.append((record["queue"], record["priority"], job_id))
         elif status == SCHEDULED:

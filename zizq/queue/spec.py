@@ -20,7 +20,6 @@ another matter (see zizq.api.params.reject_unknown).
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,20 +27,26 @@ import msgpack
 
 from zizq.queue import jq_sandbox
 from zizq.queue import payload as payload_model
+from zizq.queue.budget_policy import Binding, parse_bindings
 from zizq.queue.errors import InvalidInput
+from zizq.queue.names import (  # noqa: F401 (some are re-exported)
+    MAX_I32,
+    MAX_I64,
+    MAX_NAME_BYTES,
+    RESERVED_NAME_CHARS,
+    check_name,
+    name_problem,
+    shown_key,
+)
 from zizq.queue.records import MAX_PRIORITY
 from zizq.queue.timeslice import TimeSlicer
 
-RESERVED_NAME_CHARS = frozenset(",*?[]{}\\")
-MAX_NAME_BYTES = 1024
 MAX_BULK_JOBS = 10_000
 MAX_ACK_IDS = 10_000
 MAX_MESSAGE_BYTES = 64 * 1024
 MAX_ERROR_TYPE_BYTES = 1024
 MAX_BACKTRACE_BYTES = 256 * 1024
 TRUNCATED = " [truncated]"
-MAX_I64 = 2**63 - 1
-MAX_I32 = 2**31 - 1
 
 
 class TooLarge(InvalidInput):
@@ -68,6 +73,7 @@ class JobSpec:
     unique_while: str | None = None  # set (default "queued") whenever unique_key is
     batch: dict | None = None  # pro: {"key", "when", "fold"}, see zizq.queue.batching
     value: Any = None  # the decoded payload of a batched job (folds need it), else None
+    budgets: list[Binding] | None = None  # pro: budget bindings, see zizq.queue.budgets
 
     @property
     def keyed(self) -> bool:
@@ -100,50 +106,11 @@ def _int_in(obj: dict, field: str, where: str, low: int, high: int) -> int | Non
 def _name(obj: dict, field: str, where: str) -> str:
     value = obj.get(field)
     # The usual case in one line: a bulk checks two names per job.
-    if type(value) is str and len(value) <= MAX_NAME_BYTES and _name_problem(value) is None:
+    if type(value) is str and len(value) <= MAX_NAME_BYTES and name_problem(value) is None:
         return value
     if value is None:
         raise InvalidInput(f"{where}{field}: is required")
     return check_name(value, field, where)
-
-
-def check_name(value: Any, label: str, where: str = "") -> str:
-    """A queue or type name, from a body or a query string; `where` + `label` name it."""
-    if type(value) is not str:
-        raise InvalidInput(f"{where}{label}: must be a string")
-    # Length first: nothing longer than a valid name reaches the cache below.
-    problem = _name_problem(value) if len(value) <= MAX_NAME_BYTES else _TOO_LONG
-    if problem is not None:
-        raise InvalidInput(f"{where}{label}: {problem}")
-    return value
-
-
-_TOO_LONG = f"must be at most {MAX_NAME_BYTES} bytes (UTF-8)"
-
-
-@functools.lru_cache(maxsize=4096)  # <= 4096 names of <= 1 KiB: a few MiB at most
-def _name_problem(name: str) -> str | None:
-    # Cached: a bulk enqueue repeats the same few queue and type names many times.
-    if not name:
-        return "must not be empty"
-    # Up to 256 characters cannot exceed 1024 bytes; only longer names need encoding.
-    if (
-        len(name) > MAX_NAME_BYTES // 4
-        and len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES
-    ):
-        return _TOO_LONG
-    if name[0].isspace() or name[-1].isspace():
-        return "must not start or end with whitespace"
-    bad = RESERVED_NAME_CHARS.intersection(name)
-    if bad:
-        return f"must not contain the reserved characters {' '.join(sorted(bad))}"
-    return None
-
-
-def shown_key(key: Any) -> str:
-    """A client's key as an error message may quote it: short, whatever its type."""
-    text = key if isinstance(key, str) else repr(key)
-    return text if len(text) <= 64 else text[:64] + "..."
 
 
 def parse_backoff(value: Any, where: str) -> dict:
@@ -226,6 +193,8 @@ def parse_job(obj: Any, where: str = "", from_json: bool = False) -> JobSpec:
     )
     if "unique_key" in obj or "unique_while" in obj or "batch" in obj:
         _parse_keys(spec, obj, where, value)
+    if "budgets" in obj:
+        spec.budgets = parse_bindings(obj["budgets"], where) or None  # [] binds nothing
     return spec
 
 

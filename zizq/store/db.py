@@ -144,6 +144,19 @@ class WriteBatch:
         self.raw.delete_range(start, end)
         self.count += 1
 
+    def put_budget(self, key: str, record: dict) -> None:
+        """A budget policy record (zizq.queue.budgets)."""
+        self.raw.put(layout.budget_key(key), msgpack.packb(record))
+        self.count += 1
+
+    def delete_budget(self, key: str) -> None:
+        self.raw.delete(layout.budget_key(key))
+        self.count += 1
+
+    def delete_every_budget(self) -> None:
+        self.raw.delete_range(layout.BUDGET_PREFIX, layout.BUDGET_END)
+        self.count += 1
+
     def put_error(self, job_id: str, attempt: int, error: dict) -> None:
         self.raw.put(layout.error_key(job_id, attempt), msgpack.packb(error), self._store.h_errors)
         self.count += 1
@@ -363,6 +376,16 @@ class Store:
                 if not key.startswith(layout.CRON_PREFIX):
                     return
                 yield key, msgpack.unpackb(raw)
+        except rocksdict.DbClosedError:
+            raise StoreUnavailable(self._reopening_reason()) from None
+
+    def iter_budgets(self) -> Iterator[tuple[str, dict]]:
+        """Every budget policy record, by key."""
+        try:
+            for key, raw in self.db.items(from_key=layout.BUDGET_PREFIX):
+                if not key.startswith(layout.BUDGET_PREFIX):
+                    return
+                yield key[len(layout.BUDGET_PREFIX) :].decode("utf-8"), msgpack.unpackb(raw)
         except rocksdict.DbClosedError:
             raise StoreUnavailable(self._reopening_reason()) from None
 

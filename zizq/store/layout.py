@@ -41,6 +41,12 @@ CRON_GROUP = b"cron:g:"
 CRON_ENTRY = b"cron:e:"
 CRON_END = b"cron;"  # just past every cron key (";" follows ":")
 
+# Budget policies (pro) sit in the default column family too: BUDGET + <key utf-8> -> msgpack
+# {allocation, strategy, duration_ms?, burst?, created_at, updated_at}. Token state is
+# never stored (a restart refills every bucket); jobs carry their bindings in their record.
+BUDGET_PREFIX = b"budget:"
+BUDGET_END = b"budget;"  # just past every budget key
+
 DATA_DIR_NAME = "data"  # RocksDB lives in <root>/data; the root may hold other files
 
 
@@ -105,6 +111,10 @@ def cron_entry_prefix(group: str) -> bytes:
 
 def cron_entry_key(group: str, entry: str) -> bytes:
     return cron_entry_prefix(group) + entry.encode("utf-8")
+
+
+def budget_key(key: str) -> bytes:
+    return BUDGET_PREFIX + key.encode("utf-8")
 
 
 def cron_entry_names(key: bytes) -> tuple[str, str]:
