@@ -36,12 +36,21 @@ def ids(window) -> list[str]:
     return [job_id for job_id, _ in window.items]
 
 
-@pytest.fixture(params=[False, True], ids=["lazy", "deep"])
+@pytest.fixture(params=["lazy", "deep", "watched"])
 def deep(request, monkeypatch) -> bool:
-    """Run a test on both paths: lazy heap walks, and the full passes for deep positions."""
-    if request.param:
+    """Run a test on every path: lazy heap walks, full passes for deep positions, and (with
+    a viewer watching the engine's feed) the sorted snapshots kept for deep positions."""
+    if request.param != "lazy":
         monkeypatch.setattr(observe, "PREFIX_MAX", 2)
-    return request.param
+    if request.param == "watched":
+        plain_init = ChangeFeed.__init__
+
+        def watched_init(self: ChangeFeed) -> None:
+            plain_init(self)
+            self.watch(asyncio.Event())
+
+        monkeypatch.setattr(ChangeFeed, "__init__", watched_init)
+    return request.param != "lazy"
 
 
 def test_heap_walk_is_sorted_order_and_leaves_heaps_alone():
@@ -92,6 +101,85 @@ def test_stale_entries_are_skipped(make_engine, run, deep):
     assert ids(window) == [jobs[4], jobs[0], jobs[2], jobs[3], jobs[5]]
     assert window.total == 5
     assert lists.window("ready", Anchor("around", job_id=jobs[1]), 3).items == []
+
+
+def test_heap_snapshot_follows_random_heap_changes():
+    rng = random.Random(14)
+    heaps: dict[str, list] = {}
+    snapshot = observe._HeapSnapshot()
+    for step in range(300):
+        for _ in range(rng.choice([0, 1, 3, 40, 400])):
+            queue = f"q{rng.randrange(4)}"
+            heap = heaps.get(queue)
+            if heap and rng.random() < 0.4:
+                heapq.heappop(heap)
+                if not heap and rng.random() < 0.5:
+                    del heaps[queue]  # as ReadyIndex drops an emptied queue
+            else:
+                # Few distinct values: twins (equal entries, other objects) are common.
+                entry = (rng.randrange(5), f"{rng.randrange(300):04}")
+                heapq.heappush(heaps.setdefault(queue, []), entry)
+        ordered = snapshot.ordered(list(heaps.values()), step)
+        assert ordered == sorted(e for h in heaps.values() for e in h), step
+    assert snapshot.resorts < 40  # brought up to date by edits, mostly
+
+
+def test_heap_snapshot_is_reused_and_sees_changes_the_feed_missed():
+    heap = [(1, f"{i:05}") for i in range(1000)]
+    snapshot = observe._HeapSnapshot()
+    first = snapshot.ordered([heap], 1)
+    assert snapshot.ordered([heap], 1) is first and snapshot.resorts == 1
+    heapq.heappush(heap, (0, "new"))  # no feed version change: the stamp tells
+    assert snapshot.ordered([heap], 1)[0] == (0, "new")
+    heapq.heappop(heap)
+    heapq.heappop(heap)
+    assert snapshot.ordered([heap], 1) == sorted(heap)
+    assert snapshot.resorts == 1
+
+
+def test_deep_windows_read_one_snapshot_kept_current(make_engine, run, monkeypatch):
+    monkeypatch.setattr(observe, "PREFIX_MAX", 50)
+    engine = make_engine()
+    watcher = engine.dispatcher.feed.watch(asyncio.Event())
+    jobs = [job["id"] for job in run(engine.enqueue([spec(priority=5) for _ in range(400)]))]
+    lists = Lists(engine)
+    fresh = Lists(engine)  # computes every deep window from scratch
+    monkeypatch.setattr(fresh, "_snapshot", lambda name, kind: None)
+
+    def check(expected: list[str]) -> None:
+        tail = lists.window("ready", Anchor("tail"), 5)
+        assert tail == fresh.window("ready", Anchor("tail"), 5)
+        assert ids(tail) == expected[-5:]
+        middle = lists.window("ready", Anchor("offset", offset=200), 4)
+        assert middle == fresh.window("ready", Anchor("offset", offset=200), 4)
+        assert ids(middle)[0] in expected[199:201]  # a patched job's stale entry counts
+        around = Anchor("around", job_id=expected[300])
+        assert lists.window("ready", around, 3) == fresh.window("ready", around, 3)
+        assert ids(lists.window("ready", around, 3))[1] == expected[300]
+        late = Query((), ("late",))
+        assert lists.find("ready", "end", "backward", late, 3) == fresh.find(
+            "ready", "end", "backward", late, 3
+        )
+
+    check(jobs)
+    snapshot = lists._snapshots["ready"]
+    assert snapshot.resorts == 1
+    jobs += [job["id"] for job in run(engine.enqueue([spec(type="late") for _ in range(20)]))]
+    check(jobs)
+    consumer = engine.open_consumer(None, 30)
+    taken = [d.job_id for d in run(consumer.next_deliveries(1.0))]
+    assert taken == jobs[:30]
+    jobs = jobs[30:]
+    check(jobs)
+    run(engine.patch_job(jobs[350], parse_patch({"priority": 1})))  # to the head
+    jobs.insert(0, jobs.pop(350))
+    check(jobs)
+    assert snapshot.resorts == 1 and lists._snapshots["ready"] is snapshot
+    assert not run(engine.ack_many(taken))
+    engine.close_consumer(consumer)
+    engine.dispatcher.feed.unwatch(watcher)
+    check(jobs)  # no viewer: no snapshot kept
+    assert lists._snapshots == {}
 
 
 def test_scheduled_and_in_flight_order(make_engine, run, deep):
@@ -254,3 +342,16 @@ def test_a_viewer_that_never_reads_is_closed(make_engine, run, store, monkeypatc
 
     run(scenario())
     maintenance.close()
+
+
+def test_uptime_counts_from_the_engine_start(make_engine, monkeypatch):
+    engine = make_engine()
+    assert engine.started_monotonic is not None
+    clock = [engine.started_monotonic + 3_600.0]
+    monkeypatch.setattr(events.time, "monotonic", lambda: clock[0])
+    resource = events.Events(engine, "1.2.3")  # created an hour after the engine started
+    assert resource.status()["uptime_ms"] == 3_600_000
+    clock[0] += 2.5
+    assert resource.status()["uptime_ms"] == 3_602_500
+    engine.started_monotonic = None  # not started (yet): the admin app's age instead
+    assert resource.status()["uptime_ms"] == 2_500

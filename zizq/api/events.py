@@ -99,7 +99,9 @@ class Events:
         self._engine = engine
         self._version = version
         self._lists = Lists(engine)
-        self._started = time.monotonic()
+        self._created = (
+            time.monotonic()
+        )  # the uptime's origin until the engine says when it started
 
     async def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         # A plain GET (no Upgrade header): say what this endpoint is.
@@ -124,6 +126,12 @@ class Events:
     def live(self) -> bool:
         return self._engine.license.allows(Feature.TOP_LIVE_QUEUE)
 
+    def uptime_ms(self) -> int:
+        started = self._engine.started_monotonic
+        if started is None:  # an engine that was never started (tests): the admin app's age
+            started = self._created
+        return int((time.monotonic() - started) * 1000)
+
     def status(self) -> dict[str, Any]:
         totals = self._lists.totals()
         counts = self._engine.store.counts
@@ -135,7 +143,7 @@ class Events:
                 dead += count
         status: dict[str, Any] = {
             "version": self._version,
-            "uptime_ms": int((time.monotonic() - self._started) * 1000),
+            "uptime_ms": self.uptime_ms(),
             "tier": str(self._engine.license.tier()),
             "total_ready": totals["ready"],
             "total_in_flight": totals["in_flight"],
@@ -168,6 +176,8 @@ class _Session:
 
     async def end(self) -> None:
         self._feed.unwatch(self._watcher)
+        if not self._feed.active:
+            self._lists.forget()  # the last viewer left: no sorted snapshots kept
         if self._reader is not None:
             self._reader.cancel()
             with contextlib.suppress(BaseException):
