@@ -29,7 +29,7 @@ from tests.e2e.zizq_process import Api, TakeStream, ZizqServer
 BODY_TYPES = ["application/json", "application/msgpack"]
 STREAM_TYPES = ["text/event-stream", "application/x-ndjson", "application/vnd.zizq.msgpack-stream"]
 JOB = {"queue": "wire", "type": "t", "payload": {"n": 1}}
-API_VERSION = "0.6.1"  # the reference release whose free-tier API we implement in full
+API_VERSION = "0.7.0"  # the reference release whose free-tier API we implement in full
 
 
 @pytest.fixture(scope="module")

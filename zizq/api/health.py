@@ -19,8 +19,8 @@ from zizq.store import Store
 
 # Raise this only when every free-tier endpoint, field and behaviour of that
 # reference release is implemented (see "Versions" in the README). 0.7.0 adds
-# the `budgets.key` filter on job queries, which we do not serve yet.
-API_VERSION = "0.6.1"
+# the `budgets.key` filter on job queries (its free-tier addition), which we serve.
+API_VERSION = "0.7.0"
 BUILD_HEADER = "Zizq-Build"
 
 
