@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from zizq.top.format import compact_duration, due_in, elapsed_since
 from zizq.top.model import Connection, TopModel
-from zizq.top.render import render_screen
+from zizq.top.render import layout, render_screen
 
 NOW = 10_000_000
 URL = "http://127.0.0.1:8901"
@@ -410,3 +410,62 @@ def test_tiny_and_hostile_input_does_not_break_the_screen():
         assert len(lines) == height
         assert all(len(line.plain) == width for line in lines)
         assert all("\x1b" not in line.plain and "\n" not in line.plain for line in lines)
+
+
+def test_detail_panel_fits_every_attribute_at_80x24_free_and_pro():
+    retried = job(
+        "03hcfllhoa781lmai2iwhg42m",
+        dequeued_at=NOW - 3_000,
+        failed_at=NOW - 9_000,
+        attempts=2,
+        retry_limit=5,
+        payload={"to": "x@example.com"},
+    )
+    for tier, limit in (("pro", None), ("free", 10)):
+        model = connected_model()
+        model.receive(snapshot(server(in_flight=1, tier=tier, limit=limit), in_flight=[retried]))
+        model.key("i")
+        shape = layout(model, 24)
+        model.set_viewport(shape.body_rows)
+        lines = screen(model, 80, 24)
+        start = next(y for y, line in enumerate(lines) if line.startswith("  ATTRIBUTES"))
+        panel = lines[start : start + shape.detail_rows]
+        labels = [line[:15].strip() for line in panel[1:] if line[:15].strip()]
+        assert labels == ["ID", "Queue", "Type", "Priority", "Status", "Ready At", "Attempts",
+                          "Dequeued At", "Failed At"], tier  # fmt: skip
+        assert "  ID           03hcfllhoa781lmai2iwhg42m" in panel[1]  # the whole id
+        assert panel[2].endswith('"to": "x@example.com"')  # the payload beside it
+        assert "Attempts     2/5" in panel[7]
+        assert (
+            sum(
+                "\u2502" not in line and "03hcfllhoa781lmai2iwhg42m" in line
+                for line in lines[:start]
+            )
+            == 1
+        )
+        if limit:
+            assert "capped at 10 jobs" in lines[-2]
+
+
+def test_detail_panel_on_a_wide_screen_and_what_a_short_one_leaves_out():
+    full = job(
+        "a1",
+        dequeued_at=NOW,
+        failed_at=NOW - 1_000,
+        retry_limit=5,
+        backoff={"base_ms": 1000, "exponent": 2, "jitter_ms": 100},
+        retention={"completed_ms": 60_000, "dead_ms": 3_600_000},
+        unique_key="k1",
+        payload={},
+    )
+    model = connected_model()
+    model.receive(snapshot(server(in_flight=1), in_flight=[full]))
+    model.key("i")
+    model.set_viewport(layout(model, 40).body_rows)
+    wide = "\n".join(screen(model, 160, 40))
+    for label in ("Attempts / Retry Limit", "Backoff", "Retention Policy", "Unique Key"):
+        assert f"  {label}" in wide
+    assert "more:" not in wide
+    model.set_viewport(layout(model, 24).body_rows)
+    narrow = screen(model, 80, 24)
+    assert narrow[-2] == "  +4 more: Failed At, Backoff, Retention, Unique Key"

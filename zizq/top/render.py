@@ -24,11 +24,19 @@ __all__ = ["Layout", "layout", "render_screen"]
 
 HEADER_ROWS = 7
 MIN_TABLE_WIDTH = 120  # narrower screens scroll the table sideways (left/right)
-DETAIL_MAX_ROWS = 13
+DETAIL_MAX_ROWS = 13  # the heading and every attribute a job can have
+DETAIL_MIN_ROWS = 10  # the heading and 9 attributes: all of a job without options
 MIN_TABLE_ROWS = 3
+TABLE_ROWS_UNDER_DETAIL = 4  # the heading and 3 rows (the cursor's and its neighbours)
 CAP_ROWS = 4
 DEPTH_MAX_WIDTH = 120
-DETAIL_LABEL_WIDTH = 26
+DETAIL_LABEL_WIDTH = 26  # "  Attempts / Retry Limit  "
+DETAIL_VALUE_WIDTH = 26  # a timestamp with its offset (job ids are 25)
+DETAIL_PAYLOAD_MIN_WIDTH = 24
+DETAIL_PAYLOAD_WIDTH = 40  # payload cells wanted beside full labels; fewer: short labels
+# Narrow screens: shorter labels, so that a value and the payload both fit beside each other.
+SHORT_LABELS = {"Attempts / Retry Limit": "Attempts", "Retention Policy": "Retention"}
+DETAIL_SHORT_LABEL_WIDTH = 15  # "  Dequeued At  "
 
 DIM = Style(color="bright_black")
 BOLD = Style(bold=True)
@@ -59,11 +67,25 @@ class Layout:
 
 
 def layout(model: TopModel, height: int) -> Layout:
+    """Rows of the table, the detail panel and the free tier's notice below the tab bar.
+
+    The panel gets half the rows, at least DETAIL_MIN_ROWS (every attribute of a job with
+    the default options) and at most DETAIL_MAX_ROWS (every attribute a job can have),
+    leaving the table at least its heading and 3 rows; on a short screen the free tier's
+    notice shrinks to one line to make room. Its size depends only on the screen, not on the job
+    under the cursor, so moving the cursor never resizes the table.
+    """
     content = max(0, height - HEADER_ROWS - 2)
     cap_rows = CAP_ROWS if model.cap is not None else 0
-    detail_rows = min(DETAIL_MAX_ROWS, max(1, content * 30 // 100))
-    if not (model.detail and content > detail_rows + MIN_TABLE_ROWS + 1 + cap_rows):
-        detail_rows = 0
+    detail_rows = 0
+    if model.detail:
+        wanted = min(DETAIL_MAX_ROWS, max(DETAIL_MIN_ROWS, content // 2))
+        if cap_rows and content - wanted - cap_rows < TABLE_ROWS_UNDER_DETAIL:
+            cap_rows = 1
+        detail_rows = min(wanted, content - cap_rows - TABLE_ROWS_UNDER_DETAIL)
+        if detail_rows < 2:  # not even one attribute: no panel
+            detail_rows = 0
+            cap_rows = CAP_ROWS if model.cap is not None else 0
     return Layout(max(0, content - detail_rows - cap_rows), detail_rows, cap_rows)
 
 
@@ -75,7 +97,7 @@ def render_screen(model: TopModel, width: int, height: int, now_ms: int) -> list
     if shape.detail_rows:
         lines.extend(detail_panel(model, width, shape.detail_rows))
     if shape.cap_rows:
-        lines.extend(cap_notice(model, width))
+        lines.extend(cap_notice(model, width, shape.cap_rows))
     if height <= 0:
         return []
     lines = lines[: height - 1]
@@ -271,11 +293,12 @@ def _attributes(model: TopModel, job: Job) -> list[tuple[str, str]]:
         ("Status", LIST_NAMES[model.active]),
         ("Ready At", timestamp(job.get("ready_at"))),
     ]
-    if job.get("failed_at"):
-        rows.append(("Failed At", timestamp(job["failed_at"])))
+    # Most telling first: a short screen shows the first ones (and says what it left out).
+    rows.append(("Attempts / Retry Limit", attempts))
     if job.get("dequeued_at"):
         rows.append(("Dequeued At", timestamp(job["dequeued_at"])))
-    rows.append(("Attempts / Retry Limit", attempts))
+    if job.get("failed_at"):
+        rows.append(("Failed At", timestamp(job["failed_at"])))
     backoff = job.get("backoff")
     if isinstance(backoff, dict):
         rows.append(
@@ -299,17 +322,38 @@ def _attributes(model: TopModel, job: Job) -> list[tuple[str, str]]:
     return rows
 
 
+def _detail_columns(attributes: list[tuple[str, str]], width: int) -> tuple[int, int, bool]:
+    """(label width, attributes column width, short labels) for a panel `width` wide.
+
+    The attributes take half the screen, or more when a whole value needs it, leaving the
+    payload at least DETAIL_PAYLOAD_MIN_WIDTH cells. Below DETAIL_PAYLOAD_WIDTH cells left
+    for the payload, labels are shortened (80 columns: 41 for attributes, 39 for payload).
+    """
+    half = width // 2
+    longest = max([DETAIL_VALUE_WIDTH, *(len(value) for _, value in attributes)])
+    short = width - DETAIL_LABEL_WIDTH - DETAIL_VALUE_WIDTH < DETAIL_PAYLOAD_WIDTH
+    label_width = DETAIL_SHORT_LABEL_WIDTH if short else DETAIL_LABEL_WIDTH
+    wanted = min(label_width + longest, width - DETAIL_PAYLOAD_MIN_WIDTH)
+    return label_width, max(half, wanted), short
+
+
 def detail_panel(model: TopModel, width: int, rows: int) -> list[Text]:
-    left_width = width // 2
-    heading = fit(Text("  ATTRIBUTES", BOLD), left_width) + Text(" PAYLOAD", BOLD)
     job = model.selected()
+    attributes = _attributes(model, job) if job is not None else [("ID", "")]
+    label_width, left_width, short = _detail_columns(attributes, width)
+    heading = fit(Text("  ATTRIBUTES", BOLD), left_width) + Text(" PAYLOAD", BOLD)
     if job is None:
         lines = [heading, Text("  No job selected", DIM)]
     else:
-        attributes = [
-            Text(f"  {label}".ljust(DETAIL_LABEL_WIDTH), DIM) + Text(value)
-            for label, value in _attributes(model, job)
+        shown = [
+            Text(f"  {SHORT_LABELS.get(label, label) if short else label}".ljust(label_width), DIM)
+            + Text(value)
+            for label, value in attributes
         ]
+        if len(shown) > rows - 1 >= 1:  # a short screen: say what did not fit
+            hidden = attributes[rows - 2 :]
+            names = ", ".join(SHORT_LABELS.get(label, label) for label, _ in hidden)
+            shown = shown[: rows - 2] + [Text(f"  +{len(hidden)} more: {names}", DIM)]
         if job.get("payload_truncated"):
             size = job.get("payload_size")
             payload = [
@@ -324,23 +368,27 @@ def detail_panel(model: TopModel, width: int, rows: int) -> list[Text]:
         else:
             payload = [Text(" (not loaded)", DIM)]
         lines = [heading]
-        for index in range(max(len(attributes), len(payload))):
-            left = attributes[index] if index < len(attributes) else Text("")
+        for index in range(max(len(shown), len(payload))):
+            left = shown[index] if index < len(shown) else Text("")
             right = payload[index] if index < len(payload) else Text("")
-            lines.append(fit(left, left_width) + right)
+            # With no payload line beside it, a long value may run on into that column.
+            lines.append(fit(left, left_width) + right if right.plain else left)
     lines = lines[:rows]
     return lines + [Text("")] * (rows - len(lines))
 
 
-def cap_notice(model: TopModel, width: int) -> list[Text]:
+def cap_notice(model: TopModel, width: int, rows: int = CAP_ROWS) -> list[Text]:
     cap = model.cap
-    words = [
-        "",
-        f"Display is currently capped at {cap} jobs.",
-        "Upgrade to a pro license to see everything.",
-        "",
-    ]
-    return [Text(text.center(width).rstrip(), DIM) for text in words]
+    if rows < CAP_ROWS:  # squeezed by the detail panel: one line
+        words = [f"Display capped at {cap} jobs: a pro license shows everything."]
+    else:
+        words = [
+            "",
+            f"Display is currently capped at {cap} jobs.",
+            "Upgrade to a pro license to see everything.",
+            "",
+        ]
+    return [Text(text.center(width).rstrip(), DIM) for text in words[:rows]]
 
 
 def help_bar(model: TopModel) -> Text:
