@@ -2,13 +2,17 @@
 
     .venv/bin/python scripts/bench/events.py                 # 3 rounds of 8 s per side
     .venv/bin/python scripts/bench/events.py --seconds 5 --rounds 2 --limit 50
+    .venv/bin/python scripts/bench/events.py --anchor tail --prefill 100000  # a deep window
     ZIZQ_BINARY=dist/zizq .venv/bin/python scripts/bench/events.py
 
 One server (admin API on) takes POST /jobs from keep-alive HTTP/1.1 connections (the raw
 client of run.py) in alternating phases: no viewer, then a viewer connected to the admin
 `/events` WebSocket and subscribed to the ready list (the list every enqueue changes): its head by
 default (new jobs land behind the window: refreshes find nothing to send), or with
-`--anchor tail` its end (every refresh sends the new rows), and so on. The viewer is a separate process that reads every message. Phases
+`--anchor tail` its end (every refresh sends the new rows), and so on. `--prefill N` first
+enqueues N jobs in bulk, so that with `--anchor tail` the viewer's window sits N jobs deep
+from the first phase on (the server keeps a sorted snapshot of the list for such windows and
+brings it up to date at each refresh). The viewer is a separate process that reads every message. Phases
 alternate on the same server so that the growing ready list and the warming of the
 server weigh on both sides alike. Licensed (pro) when a key is at hand, so that windows are not capped at
 10 rows. Prints each phase, the medians and their ratio
@@ -25,7 +29,8 @@ import subprocess
 import sys
 import time
 
-from run import load_average, raw_single
+import httpx
+from run import JOB, load_average, raw_single
 from server import BenchServer, CpuMeter, use_uvloop
 from tls import license_key
 
@@ -96,6 +101,21 @@ class Viewer:
         return counts
 
 
+def prefill(url: str, count: int, chunk: int = 1000) -> None:
+    """Enqueue `count` jobs like the benchmark's own (same queue, type, priority) in bulk."""
+    with httpx.Client(base_url=url, timeout=60.0) as client:
+        for start in range(0, count, chunk):
+            jobs = [JOB] * min(chunk, count - start)
+            response = client.post("/jobs/bulk", json={"jobs": jobs})
+            if response.status_code not in (200, 201):
+                raise RuntimeError(f"bulk enqueue answered {response.status_code}")
+
+
+def ready_count(url: str) -> int:
+    response = httpx.get(f"{url}/jobs/count", params={"status": "ready"}, timeout=30.0)
+    return response.json()["count"]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=8.0, help="per phase")
@@ -107,6 +127,9 @@ def main() -> int:
         choices=("head", "tail"),
         default="head",
         help="head: new jobs land behind the window; tail: every enqueue changes it",
+    )
+    parser.add_argument(
+        "--prefill", type=int, default=0, help="jobs enqueued (in bulk) before the first phase"
     )
     parser.add_argument("--license-key", help="default: a development license (source tree)")
     parser.add_argument("--viewer", help=argparse.SUPPRESS)
@@ -121,8 +144,14 @@ def main() -> int:
     key = license_key(args.license_key)  # pro: the viewer sees whole lists, not 10 rows
     with AdminBenchServer(*(["--license-key", key] if key else [])) as server:
         url = f"ws://{server.host}:{server.admin_port}/events"
+        api = f"http://{server.host}:{server.port}"
+        if args.prefill:
+            started = time.monotonic()
+            prefill(api, args.prefill)
+            print(f"prefilled {args.prefill:,} jobs in {time.monotonic() - started:.1f} s")
         asyncio.run(raw_single(server.host, server.port, args.connections, 2))  # warm-up
         for round_ in range(args.rounds):
+            print(f"round {round_ + 1}: ready list {ready_count(api):,} jobs")
             with CpuMeter(server) as cpu:
                 rate = asyncio.run(
                     raw_single(server.host, server.port, args.connections, args.seconds)
