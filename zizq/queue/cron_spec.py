@@ -97,6 +97,9 @@ def parse_template(obj: Any, where: str, from_json: bool) -> tuple[dict, JobSpec
         value = getattr(spec, field)
         if value is not None:
             template[field] = value
+    if spec.budgets:
+        # Stored and shown as a job shows them; the budgets exist once the entry is saved.
+        template["budgets"] = [{"key": b.key, "cost": b.cost} for b in spec.budgets]
     return template, spec
 
 
