@@ -341,8 +341,7 @@ def test_unknown_body_fields_are_ignored(server, api):
     body = {
         **JOB,
         "queue": queue,
-        "budgets": [{"key": "b"}],  # a newer client's field
-        "x-future": {"nested": True},
+        "x-future": {"nested": True},  # a newer client's field
         "backoff": {"base_ms": 10, "exponent": 1, "jitter_ms": 0, "cap_ms": 5},
         # An hour: the killed job below must not be purged while later tests of this
         # module read the shared server (GET and HEAD /queues must see the same queues).
@@ -352,7 +351,7 @@ def test_unknown_body_fields_are_ignored(server, api):
     assert status == 201, job
     assert job["backoff"] == {"base_ms": 10, "exponent": 1.0, "jitter_ms": 0}
     assert job["retention"] == {"dead_ms": 3_600_000}
-    assert "budgets" not in job and "x-future" not in job
+    assert "x-future" not in job
     status, bulk, _ = api.post(
         "/jobs/bulk", {"jobs": [{**JOB, "queue": queue, "later": 1}], "atomic": True}
     )
@@ -387,7 +386,7 @@ def test_unknown_body_fields_are_ignored(server, api):
     [
         "/jobs?bogus=1",
         "/jobs/count?limit=5",
-        "/jobs/count?budgets.key=a",
+        "/jobs/count?budgets.keys=a",
         f"/jobs/{UNKNOWN_ID}/errors?status=ready",
         "/queues?x=1",
     ],
