@@ -19,7 +19,7 @@ import time
 import httpx
 import pytest
 
-from tests.adversarial.helpers import assert_counters_match_scan
+from tests.adversarial.helpers import all_at_once, assert_counters_match_scan, clients
 from tests.e2e.zizq_process import TakeStream, ZizqServer
 from tests.licensing import mint
 from zizq.store import Store, layout
@@ -35,39 +35,6 @@ def job(queue: str, key: str | None, scope: str | None = None, **fields) -> dict
     if scope is not None:
         body["unique_while"] = scope
     return body
-
-
-def clients(url: str, count: int) -> list[httpx.Client]:
-    """Connected clients, half HTTP/1.1 and half h2c, each with its connection open."""
-    made = []
-    for index in range(count):
-        h2 = index % 2 == 1
-        client = httpx.Client(base_url=url, http1=not h2, http2=h2, timeout=30.0)
-        response = client.get("/health")
-        assert response.http_version == ("HTTP/2" if h2 else "HTTP/1.1")
-        made.append(client)
-    return made
-
-
-def all_at_once(calls: list) -> list:
-    """Run the calls on threads released together; returns their results (or exceptions)."""
-    results: list = [None] * len(calls)
-    barrier = threading.Barrier(len(calls))
-
-    def run(index: int) -> None:
-        barrier.wait(timeout=30)
-        try:
-            results[index] = calls[index]()
-        except Exception as exc:  # reported by the caller
-            results[index] = exc
-
-    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(len(calls))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
-    assert not any(thread.is_alive() for thread in threads), "a client never got an answer"
-    return results
 
 
 def jobs_with_key(client: httpx.Client, key: str) -> list[dict]:

@@ -143,23 +143,24 @@ class JobBudgetItem(_Licensed):
     """POST (bind; 409 if bound), PUT (bind or replace), PATCH (cost), DELETE (unbind)
     /jobs/{id}/budgets/{key}"""
 
-    async def on_post(
-        self, req: falcon.Request, resp: falcon.Response, job_id: str, key: str
+    async def _bind(
+        self, req: falcon.Request, resp: falcon.Response, job_id: str, key: str, replace: bool
     ) -> None:
         media = self._allow(req)
         key = parse_key(key)
         binding = await read_parsed(req, lambda body, _: _one_binding(body, key), required=False)
-        job = await self._engine.bind_job_budget(job_id, binding, replace=False)
+        job = await self._engine.bind_job_budget(job_id, binding, replace=replace)
         respond(req, resp, job, 200, media)
+
+    async def on_post(
+        self, req: falcon.Request, resp: falcon.Response, job_id: str, key: str
+    ) -> None:
+        await self._bind(req, resp, job_id, key, replace=False)
 
     async def on_put(
         self, req: falcon.Request, resp: falcon.Response, job_id: str, key: str
     ) -> None:
-        media = self._allow(req)
-        key = parse_key(key)
-        binding = await read_parsed(req, lambda body, _: _one_binding(body, key), required=False)
-        job = await self._engine.bind_job_budget(job_id, binding, replace=True)
-        respond(req, resp, job, 200, media)
+        await self._bind(req, resp, job_id, key, replace=True)
 
     async def on_patch(
         self, req: falcon.Request, resp: falcon.Response, job_id: str, key: str
