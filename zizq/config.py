@@ -336,6 +336,8 @@ class ServeConfig:
     idle_timeout_ms: int = 75_000  # close client connections idle this long
     global_in_flight_limit: int = 1024  # 0 = no limit
     max_budgets: int = 8192  # budgets (pro) the server holds at most
+    enqueue_batch_size: int = 1000  # enqueue requests coalesced into one write (1 = off)
+    complete_batch_size: int = 1000  # ack requests coalesced into one write (1 = off)
     default_retry_limit: int = 25
     default_backoff: BackoffPolicy = DEFAULT_BACKOFF  # frozen, so sharing it is safe
     default_completed_retention_ms: int = 0

@@ -157,6 +157,8 @@ def serve_config_from_params(**params: Any) -> ServeConfig:
         idle_timeout_ms=_idle_timeout(params["idle_timeout"], params["heartbeat_interval"]),
         global_in_flight_limit=params["global_in_flight_limit"],
         max_budgets=params["max_budgets"],
+        enqueue_batch_size=params["enqueue_batch_size"],
+        complete_batch_size=params["complete_batch_size"],
         default_retry_limit=params["default_retry_limit"],
         default_backoff=_backoff(
             params["default_backoff_base"],
@@ -305,6 +307,20 @@ _SERVE_OPTIONS: list[Callable[[F], F]] = [
         short="-l",
         type=Count(0),
         default=1024,
+    ),
+    _option(
+        "--enqueue-batch-size",
+        "Most enqueue requests written together when they arrive at once "
+        "(one write, all or none; a bulk counts as one; 1 = write each alone).",
+        type=Count(1, MAX_I32),
+        default=1000,
+    ),
+    _option(
+        "--complete-batch-size",
+        "Most acknowledgement requests written together when they arrive at once "
+        "(1 = write each alone).",
+        type=Count(1, MAX_I32),
+        default=1000,
     ),
     _option(
         "--max-budgets",

@@ -58,13 +58,24 @@ from zizq.queue.recovery import recover
 from zizq.queue.scheduler import Scheduler
 from zizq.queue.spec import FailureSpec, JobSpec
 from zizq.queue.timeslice import TimeSlicer
-from zizq.store import CommitMode, Committer, Store, WriteBatch, index_key_of
+from zizq.store import (
+    DEFAULT_BATCH_SIZE,
+    CommitMode,
+    Committer,
+    Lane,
+    Store,
+    WriteBatch,
+    index_key_of,
+)
 
 WriteAlso = Callable[[WriteBatch], None]  # adds more writes to an enqueue's batch
 
 logger = logging.getLogger("zizq.engine")
 
 QUERY_THREADS = 4  # scans at once; each may wait on a jq worker process
+# Requests with at most this many jobs (or acks) write through a commit lane, coalesced
+# with others of the same loop turn; larger ones are written on their own.
+COALESCE_MAX_JOBS = 32
 
 
 @dataclass(frozen=True)
@@ -82,6 +93,8 @@ class EngineSettings:
     jq_time_limit_ms: int = jq_sandbox.DEFAULT_TIME_LIMIT_MS  # per call to a jq worker
     jq_memory_limit: int = jq_sandbox.DEFAULT_MEMORY_LIMIT  # address space of each jq worker
     max_budgets: int = DEFAULT_MAX_BUDGETS
+    enqueue_batch_size: int = DEFAULT_BATCH_SIZE  # enqueue requests per coalesced write
+    complete_batch_size: int = DEFAULT_BATCH_SIZE  # ack requests per coalesced write
 
     @classmethod
     def from_config(cls, config: ServeConfig) -> EngineSettings:
@@ -98,6 +111,8 @@ class EngineSettings:
             jq_time_limit_ms=config.jq_time_limit_ms,
             jq_memory_limit=config.jq_memory_limit,
             max_budgets=config.max_budgets,
+            enqueue_batch_size=config.enqueue_batch_size,
+            complete_batch_size=config.complete_batch_size,
         )
 
 
@@ -109,7 +124,13 @@ class Engine(JobControl, KeyedJobs, JobBudgets):
         # Pro features ask it at the moment they are used (an expired license is free tier).
         self.license = license if license is not None else LicenseState()
         self.settings = settings
-        self.committer = Committer(store)
+        self.committer = Committer(
+            store,
+            {
+                Lane.ENQUEUE: settings.enqueue_batch_size,
+                Lane.COMPLETE: settings.complete_batch_size,
+            },
+        )
         store.sync_writes = settings.default_commit_mode is CommitMode.FSYNC
         self.ready = ReadyIndex()
         # Unique and batch keys: locks held by enqueues deciding about them.
@@ -232,7 +253,8 @@ class Engine(JobControl, KeyedJobs, JobBudgets):
             if spec.keyed:
                 return await self._enqueue_keyed(specs, bulk, also)
         now = now_ms()
-        batch = self.store.batch()
+        lane = Lane.ENQUEUE if len(specs) <= COALESCE_MAX_JOBS else None
+        batch = self.store.batch(deferred=lane is not None)
         if also is not None:
             also(batch)
         created = []
@@ -258,7 +280,9 @@ class Engine(JobControl, KeyedJobs, JobBudgets):
                     _lifecycle("job enqueued", job_id, record)
 
         await self._writes_open()
-        await self.committer.commit(batch, self.settings.enqueue_commit_mode, landed=landed)
+        await self.committer.commit(
+            batch, self.settings.enqueue_commit_mode, landed=landed, lane=lane
+        )
         return [public_view(job_id, record, duplicate=False) for job_id, record in created]
 
     def _forget_keys(self, batch: WriteBatch, job_id: str, record: dict) -> None:
@@ -414,7 +438,8 @@ class Engine(JobControl, KeyedJobs, JobBudgets):
         """
         await self._writes_open()
         now = now_ms()
-        batch = self.store.batch()
+        lane = Lane.COMPLETE if len(job_ids) <= COALESCE_MAX_JOBS else None
+        batch = self.store.batch(deferred=lane is not None)
         claimed: list[tuple[str, InFlightEntry]] = []
         retained: list[tuple[int, str]] = []
         not_found = []
@@ -448,7 +473,11 @@ class Engine(JobControl, KeyedJobs, JobBudgets):
                     _lifecycle("job acked", job_id, entry.record)
 
         await self.committer.commit(
-            batch, self.settings.default_commit_mode, landed, lambda: self._give_back(claimed)
+            batch,
+            self.settings.default_commit_mode,
+            landed,
+            lambda: self._give_back(claimed),
+            lane=lane,
         )
         return not_found
 

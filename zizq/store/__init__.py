@@ -4,7 +4,7 @@ Nothing here knows about HTTP or about the job lifecycle; the engine decides
 what to write, this package decides how it lands on disk.
 """
 
-from zizq.store.commit import CommitMode, Committer
+from zizq.store.commit import DEFAULT_BATCH_SIZE, CommitMode, Committer, Lane
 from zizq.store.db import (
     IndexKey,
     SchemaVersionError,
@@ -18,6 +18,8 @@ from zizq.store.db import (
 
 __all__ = [
     "CommitMode",
+    "DEFAULT_BATCH_SIZE",
+    "Lane",
     "IndexKey",
     "Committer",
     "SchemaVersionError",

@@ -11,6 +11,16 @@ applied on the loop thread at the moment its write is reported done (or at
 once for an inline write), before any waiting request resumes, so that after
 `drain()` the counters include every write that has landed.
 
+Lanes (buffered mode): small writes of one kind (enqueues, acks) that arrive
+in the same turn of the event loop are coalesced into one RocksDB write, at
+most `batch_size` requests each (a bulk counts as one; 1 turns it off). A
+request joins its lane with a deferred batch (a recording, zizq.store.db.OpLog),
+so one that never commits leaves nothing in the shared write. The write
+happens before the loop turns again (or at once when the lane is full); each
+request's `landed` runs in the order they joined, then its answer goes out.
+All of them land or none does: they are one atomic write. A 2xx still means
+stored, and nothing of a request is visible before its write.
+
 `buffered` hands the batch to RocksDB's WAL without syncing: it survives a
 crash of our process (the OS holds the data) but not a power cut. `fsync`
 syncs the WAL before acknowledging. Syncs are slow (milliseconds), so every
@@ -27,7 +37,7 @@ import queue
 import threading
 from collections.abc import Callable
 
-from zizq.store.db import Store, WriteBatch
+from zizq.store.db import OpLog, Store, StoreUnavailable, WriteBatch, replay
 
 logger = logging.getLogger("zizq.store")
 
@@ -47,6 +57,30 @@ class CommitMode(enum.StrEnum):
     FSYNC = "fsync"
 
 
+class Lane(enum.StrEnum):
+    """Kinds of small writes coalesced together (each with its own batch size)."""
+
+    ENQUEUE = "enqueue"
+    COMPLETE = "complete"
+
+
+DEFAULT_BATCH_SIZE = 1000  # requests per coalesced write (--enqueue/--complete-batch-size)
+
+
+class _Joined:
+    """One lane's write in the making: the requests that joined it this loop turn."""
+
+    __slots__ = ("ops", "batches", "waiting", "generation")
+
+    def __init__(self, generation: int) -> None:
+        self.ops: list[tuple] = []
+        self.batches: list[WriteBatch] = []
+        self.waiting: list[
+            tuple[asyncio.Future, Callable[[], None] | None, Callable[[], None] | None]
+        ] = []
+        self.generation = generation
+
+
 OFFLOAD_MIN_WRITES = 256  # batches with at least this many writes go to the helper thread
 
 _Pending = tuple[
@@ -60,8 +94,12 @@ _Pending = tuple[
 
 
 class Committer:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, batch_sizes: dict[Lane, int] | None = None) -> None:
         self._store = store
+        self._batch_sizes = {lane: DEFAULT_BATCH_SIZE for lane in Lane}
+        self._batch_sizes.update(batch_sizes or {})
+        self._joined: dict[Lane, _Joined] = {}
+        self.coalesced_writes = 0  # lane writes done, for tests and metrics
         self._pending: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self.syncs = 0  # number of WAL syncs performed, for tests and metrics
@@ -74,8 +112,12 @@ class Committer:
         mode: CommitMode,
         landed: Callable[[], None] | None = None,
         failed: Callable[[], None] | None = None,
+        lane: Lane | None = None,
     ) -> None:
         """Write a batch durably enough for `mode`; raises what the store raised.
+
+        With a `lane` (and a deferred batch), a small buffered write is
+        coalesced with the lane's other writes of this loop turn.
 
         `landed` runs on the loop thread as soon as the batch is in the store
         (in write order, right after its counters), `failed` instead when it is
@@ -85,6 +127,9 @@ class Committer:
         WAL sync fails: then `landed` runs and the caller gets the error.
         """
         sync = mode is CommitMode.FSYNC
+        if lane is not None and not sync and batch.count < OFFLOAD_MIN_WRITES:
+            await self._join(lane, batch, landed, failed)
+            return
         if not sync and batch.count < OFFLOAD_MIN_WRITES:
             try:
                 self._store.write(batch, sync=False)
@@ -93,6 +138,7 @@ class Committer:
                 raise
             _run(landed)
             return
+        batch.materialize()  # the commit thread writes real batches only
         self._ensure_thread()
         loop = asyncio.get_running_loop()
         done = loop.create_future()
@@ -101,6 +147,70 @@ class Committer:
             self._idle.clear()
         self._pending.put((batch, sync, done, loop, landed, failed))
         await done
+
+    async def _join(
+        self,
+        lane: Lane,
+        batch: WriteBatch,
+        landed: Callable[[], None] | None,
+        failed: Callable[[], None] | None,
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        joined = self._joined.get(lane)
+        if joined is None:
+            joined = self._joined[lane] = _Joined(batch.generation)
+            loop.call_soon(self._flush, lane, joined)
+        raw = batch.raw
+        if not isinstance(raw, OpLog) or batch.generation != joined.generation:
+            # Not recorded (a caller's plain batch), or from before a reopen: alone.
+            try:
+                self._store.write(batch, sync=False)
+            except BaseException:
+                _run(failed)
+                raise
+            _run(landed)
+            return
+        joined.ops.extend(raw.ops)
+        joined.batches.append(batch)
+        done = loop.create_future()
+        joined.waiting.append((done, landed, failed))
+        self._outstanding += 1
+        if self._idle is not None:
+            self._idle.clear()
+        if len(joined.waiting) >= self._batch_sizes[lane]:
+            self._flush(lane, joined)
+        await done
+
+    def _flush(self, lane: Lane, joined: _Joined) -> None:
+        """Write what joined a lane as one batch, then settle each request in order."""
+        if self._joined.get(lane) is joined:
+            del self._joined[lane]
+        if not joined.waiting:
+            return  # flushed already (the lane filled up)
+        waiting, joined.waiting = joined.waiting, []
+        error: BaseException | None = None
+        try:
+            combined = self._store.batch()
+            if combined.generation != joined.generation:
+                raise StoreUnavailable("the store was reopened while this write was prepared")
+            replay(joined.ops, combined.raw)
+            self._store.write_raw(combined, sync=False)
+        except Exception as exc:  # every request of the write gets it
+            error = exc
+        self.coalesced_writes += error is None
+        for batch, (done, landed, failed) in zip(joined.batches, waiting, strict=True):
+            self._outstanding -= 1
+            if error is None:
+                self._store.applied(batch)
+                _run(landed)
+                if not done.done():
+                    done.set_result(None)
+            else:
+                _run(failed)
+                if not done.done():
+                    done.set_exception(error)
+        if not self._outstanding and self._idle is not None:
+            self._idle.set()
 
     @property
     def outstanding(self) -> int:

@@ -70,6 +70,50 @@ def _is_store_failure(exc: BaseException) -> bool:
     return type(exc) is Exception and not str(exc).startswith(_CALLER_ERRORS)
 
 
+class OpLog:
+    """Stands in for a rocksdict.WriteBatch: records the operations to replay later.
+
+    A deferred batch (Store.batch(deferred=True)) writes into one of these, so
+    that the commit lanes (zizq.store.commit) can put the operations of many
+    small requests into one RocksDB write; a request that never commits
+    leaves nothing behind in the shared write.
+    """
+
+    __slots__ = ("ops",)
+
+    def __init__(self) -> None:
+        self.ops: list[tuple] = []
+
+    def put(self, key: bytes, value: bytes, column_family=None) -> None:
+        self.ops.append((0, key, value, column_family))
+
+    def delete(self, key: bytes, column_family=None) -> None:
+        self.ops.append((1, key, None, column_family))
+
+    def delete_range(self, start: bytes, end: bytes, column_family=None) -> None:
+        self.ops.append((2, start, end, column_family))
+
+
+def replay(ops: list[tuple], raw: rocksdict.WriteBatch) -> None:
+    """Apply recorded operations (OpLog.ops) to a real write batch, in order."""
+    put, delete, delete_range = raw.put, raw.delete, raw.delete_range
+    for kind, first, second, column_family in ops:
+        if kind == 0:
+            if column_family is None:
+                put(first, second)
+            else:
+                put(first, second, column_family)
+        elif kind == 1:
+            if column_family is None:
+                delete(first)
+            else:
+                delete(first, column_family)
+        elif column_family is None:
+            delete_range(first, second)
+        else:
+            delete_range(first, second, column_family)
+
+
 class WriteBatch:
     """An atomic set of changes across column families, committed in one write.
 
@@ -80,14 +124,23 @@ class WriteBatch:
 
     __slots__ = ("_store", "generation", "raw", "count", "deltas")
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, deferred: bool = False) -> None:
         self._store = store
         # Column family handles belong to one open database: a batch built
         # before a reopen must not be written after it.
         self.generation = store.generation
-        self.raw = rocksdict.WriteBatch(raw_mode=True)
+        self.raw: rocksdict.WriteBatch | OpLog = (
+            OpLog() if deferred else rocksdict.WriteBatch(raw_mode=True)
+        )
         self.count = 0
         self.deltas: Counter[IndexKey] = Counter()
+
+    def materialize(self) -> None:
+        """Turn a deferred batch into a real one (to be written on its own)."""
+        if isinstance(self.raw, OpLog):
+            raw = rocksdict.WriteBatch(raw_mode=True)
+            replay(self.raw.ops, raw)
+            self.raw = raw
 
     def _index(
         self, job_id: str, key: IndexKey, present: bool, dims: tuple[int, ...] = (0, 1, 2)
@@ -263,10 +316,11 @@ class Store:
 
     # -- writes ---------------------------------------------------------
 
-    def batch(self) -> WriteBatch:
+    def batch(self, deferred: bool = False) -> WriteBatch:
+        """A new write batch; `deferred` records it for a commit lane (zizq.store.commit)."""
         if not self.writable:
             raise StoreUnavailable(self._reopening_reason())
-        return WriteBatch(self)
+        return WriteBatch(self, deferred)
 
     def write_raw(self, batch: WriteBatch, sync: bool = False) -> None:
         """Apply a batch atomically, without touching the counters (safe off the loop thread).
@@ -279,6 +333,7 @@ class Store:
             raise StoreUnavailable(self.failure)
         if batch.generation != self.generation:
             raise StoreUnavailable("the store was reopened while this write was prepared")
+        batch.materialize()  # a deferred batch written on its own (a no-op otherwise)
         with self._write_errors():
             self.db.write(batch.raw, self._sync_options if sync else self._buffered_options)
 
