@@ -193,7 +193,7 @@ class Committer:
             combined = self._store.batch()
             if combined.generation != joined.generation:
                 raise StoreUnavailable("the store was reopened while this write was prepared")
-            replay(joined.ops, combined.raw)
+            replay(joined.ops, combined.raw, self._store)
             self._store.write_raw(combined, sync=False)
         except Exception as exc:  # every request of the write gets it
             error = exc

@@ -76,28 +76,44 @@ class OpLog:
     A deferred batch (Store.batch(deferred=True)) writes into one of these, so
     that the commit lanes (zizq.store.commit) can put the operations of many
     small requests into one RocksDB write; a request that never commits
-    leaves nothing behind in the shared write.
+    leaves nothing behind in the shared write. Column families are recorded
+    by name, never as handles: a recording kept alive by a request (an error's
+    traceback) must not keep a failed database open past a reopen.
     """
 
-    __slots__ = ("ops",)
+    __slots__ = ("ops", "_store")
 
-    def __init__(self) -> None:
+    def __init__(self, store: Store) -> None:
         self.ops: list[tuple] = []
+        self._store = store
+
+    def _name(self, column_family) -> str | None:
+        if column_family is None:
+            return None
+        store = self._store
+        for name in _HANDLE_NAMES:
+            if getattr(store, name) is column_family:
+                return name
+        raise ValueError("a write batch names a column family of another database")
 
     def put(self, key: bytes, value: bytes, column_family=None) -> None:
-        self.ops.append((0, key, value, column_family))
+        self.ops.append((0, key, value, self._name(column_family)))
 
     def delete(self, key: bytes, column_family=None) -> None:
-        self.ops.append((1, key, None, column_family))
+        self.ops.append((1, key, None, self._name(column_family)))
 
     def delete_range(self, start: bytes, end: bytes, column_family=None) -> None:
-        self.ops.append((2, start, end, column_family))
+        self.ops.append((2, start, end, self._name(column_family)))
 
 
-def replay(ops: list[tuple], raw: rocksdict.WriteBatch) -> None:
-    """Apply recorded operations (OpLog.ops) to a real write batch, in order."""
+_HANDLE_NAMES = ("h_jobs", "h_payloads", "h_errors", "h_index")
+
+
+def replay(ops: list[tuple], raw: rocksdict.WriteBatch, store: Store) -> None:
+    """Apply recorded operations (OpLog.ops) to a real write batch of `store`, in order."""
     put, delete, delete_range = raw.put, raw.delete, raw.delete_range
-    for kind, first, second, column_family in ops:
+    for kind, first, second, name in ops:
+        column_family = None if name is None else getattr(store, name)
         if kind == 0:
             if column_family is None:
                 put(first, second)
@@ -130,7 +146,7 @@ class WriteBatch:
         # before a reopen must not be written after it.
         self.generation = store.generation
         self.raw: rocksdict.WriteBatch | OpLog = (
-            OpLog() if deferred else rocksdict.WriteBatch(raw_mode=True)
+            OpLog(store) if deferred else rocksdict.WriteBatch(raw_mode=True)
         )
         self.count = 0
         self.deltas: Counter[IndexKey] = Counter()
@@ -139,7 +155,7 @@ class WriteBatch:
         """Turn a deferred batch into a real one (to be written on its own)."""
         if isinstance(self.raw, OpLog):
             raw = rocksdict.WriteBatch(raw_mode=True)
-            replay(self.raw.ops, raw)
+            replay(self.raw.ops, raw, self._store)
             self.raw = raw
 
     def _index(
