@@ -171,7 +171,7 @@ class Engine(JobControl, KeyedJobs, JobBudgets):
         self.budgets.load()
         found = recover(self.store)
         self.budgets.bound(found.drawing)
-        self.ready.load(found.ready)
+        self.ready.adopt(found.ready)
         self.scheduler.due.load(found.scheduled)
         self.reaper.due.load(found.retained)
         self.scheduler.start(loop)

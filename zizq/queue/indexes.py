@@ -25,11 +25,14 @@ class ReadyIndex:
             heap = self._heaps[queue] = []
         heapq.heappush(heap, (priority, job_id))
 
-    def load(self, entries: Iterable[tuple[str, int, str]]) -> None:
-        """Bulk-load (queue, priority, id) entries; heapify once instead of n pushes."""
-        for queue, priority, job_id in entries:
-            self._heaps.setdefault(queue, []).append((priority, job_id))
-        for heap in self._heaps.values():
+    def adopt(self, heaps: dict[str, list[tuple[int, str]]]) -> None:
+        """Take per-queue lists of (priority, id) as they are (start-up: no copy), heapified."""
+        for queue, entries in heaps.items():
+            heap = self._heaps.get(queue)
+            if heap:
+                heap.extend(entries)
+            else:
+                self._heaps[queue] = heap = entries
             heapq.heapify(heap)
 
     def pop_best(self, queues: frozenset[str] | None) -> tuple[str, int, str] | None:

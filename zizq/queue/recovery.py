@@ -20,7 +20,9 @@ logger = logging.getLogger("zizq.engine")
 
 @dataclass
 class Recovered:
-    ready: list[tuple[str, int, str]] = field(default_factory=list)  # (queue, priority, id)
+    # queue -> [(priority, id)], the ready index's own heaps once heapified: one small
+    # tuple per ready job and one string per queue (10 M jobs must fit in memory).
+    ready: dict[str, list[tuple[int, str]]] = field(default_factory=dict)
     scheduled: list[tuple[int, str]] = field(default_factory=list)  # (ready_at, id)
     retained: list[tuple[int, str]] = field(default_factory=list)  # (purge_at, id)
     requeued: int = 0
@@ -34,6 +36,7 @@ def recover(store: Store) -> Recovered:
     counts: Counter[IndexKey] = Counter()
     requeue = store.batch()
     now = now_ms()
+    ready = found.ready
     for job_id, record in store.iter_jobs():
         status = record["status"]
         if "unique_key" in record and unique.holds_key(record, now):
@@ -54,7 +57,10 @@ def recover(store: Store) -> Recovered:
         if "budgets" in record and status not in TERMINAL:
             found.drawing.append(record)
         if status == READY:
-            found.ready.append((record["queue"], record["priority"], job_id))
+            heap = ready.get(record["queue"])
+            if heap is None:
+                heap = ready[record["queue"]] = []
+            heap.append((record["priority"], job_id))
         elif status == SCHEDULED:
             found.scheduled.append((record["ready_at"], job_id))
         elif status in TERMINAL and "purge_at" in record:
@@ -67,7 +73,7 @@ def recover(store: Store) -> Recovered:
         logger,
         logging.INFO,
         "in-memory indexes rebuilt",
-        ready=len(found.ready),
+        ready=sum(len(heap) for heap in ready.values()),
         scheduled=len(found.scheduled),
         in_flight_requeued=found.requeued,
         retained=len(found.retained),
