@@ -286,6 +286,8 @@ async def serve(config: ServeConfig, license_state: LicenseState, token: str | N
             await engine.stop()
         await asyncio.gather(*(listener.stop(SHUTDOWN_GRACE_S) for listener in listeners))
         maintenance.close()  # streaming backups end; their threads must not hold the exit
+        if engine_started:
+            engine.save_startup_index()  # the next start reads it instead of every job
         store.close()
         log_event(logger, logging.INFO, "store closed")
     return 0

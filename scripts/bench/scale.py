@@ -98,7 +98,7 @@ class ScaleServer(BenchServer):
                 at = time.perf_counter() - self.spawned
                 line = line.rstrip("\n")
                 self.lines.append(line)
-                for mark in ("store opened", "in-memory indexes rebuilt"):
+                for mark in ("store opened", "in-memory indexes"):  # rebuilt, or loaded from the start-up index
                     if mark in line and mark not in self.marks:
                         self.marks[mark] = at
                 match = LISTENING.match(line)
@@ -288,7 +288,7 @@ def timed_start(server: ScaleServer, timeout: float, profile_out: Path | None) -
         marks=dict(server.marks),
         rss_kb=server.status_kb("VmRSS"),
         hwm_kb=server.status_kb("VmHWM"),
-        rebuilt_line=server.line_with("in-memory indexes rebuilt"),
+        rebuilt_line=server.line_with("in-memory indexes"),
     )
     for proc in spy:
         pyspy.stop(proc)

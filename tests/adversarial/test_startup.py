@@ -142,3 +142,28 @@ def test_idle_timeout_must_exceed_heartbeat(tmp_path):
     result = _serve(tmp_path / "root", *_free_ports(), "--idle-timeout", "2s")
     assert result.returncode == 2, result
     assert "--idle-timeout" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_clean_restart_uses_the_startup_index_and_a_kill_does_not(start_server):
+    """A clean stop saves the indexes; the next start reads them (and removes the file);
+    after kill -9 the start scans, and either way every job is still there and served."""
+    server = start_server()
+    with Api(server.url) as api:
+        jobs = [
+            {"queue": "s", "type": "t", "payload": {"n": n}, "priority": 9 - n} for n in range(5)
+        ]
+        assert api.post("/jobs/bulk", {"jobs": jobs})[0] == 201
+    server.restart()
+    assert "loaded from the start-up index" in server.output, server.output
+    index = server.root_dir / "startup-index.msgpack"
+    assert not index.exists()
+    with Api(server.url) as api:
+        assert api.get("/jobs/count?queue=s&status=ready")[1] == {"count": 5}
+        assert api.post("/jobs", {"queue": "s", "type": "t", "payload": {"n": 5}})[0] == 201
+    server.kill()
+    server.start()
+    assert not index.exists()
+    with Api(server.url) as api:
+        status, body, _ = api.get("/jobs?queue=s&order=asc&limit=10")
+        assert status == 200 and len(body["jobs"]) == 6
+    assert server.output.count("in-memory indexes rebuilt") >= 1

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from zizq.queue.budget_policy import Policy
 from zizq.queue.budget_tokens import TokenPool
@@ -74,6 +74,11 @@ class BudgetGate:
 
     def is_parked(self, job_id: str) -> bool:
         return job_id in self._where
+
+    def parked_entries(self) -> Iterator[tuple[str, int, str]]:
+        """(queue, priority, id) of every parked job (saved at shutdown with the ready index)."""
+        for job_id, (_, queue, priority) in self._where.items():
+            yield queue, priority, job_id
 
     # -- dispatch ---------------------------------------------------------------
 

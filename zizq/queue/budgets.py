@@ -157,6 +157,15 @@ class BudgetBook:
             if "budgets" in record:
                 _add(self._costs, refs_of(record), -1)
 
+    def cost_rows(self) -> list[tuple[str, int, int]]:
+        """(budget, cost, unfinished jobs) of every committed binding: the start-up index's."""
+        return [(key, cost, n) for key, table in self._costs.items() for cost, n in table.items()]
+
+    def add_cost_rows(self, rows: Iterable[tuple[str, int, int]]) -> None:
+        """Counts saved by cost_rows, at start-up."""
+        for key, cost, count in rows:
+            _add(self._costs, [(key, cost)], count)
+
     def draws_over(self, key: str, capacity: int) -> tuple[int, int]:
         """(bindings costing more than `capacity`, the largest cost) among unfinished jobs
         and enqueues being written; capacity -1 counts every binding."""

@@ -133,6 +133,10 @@ class Dispatcher:
 
     # -- fold holds ----------------------------------------------------------
 
+    def held_jobs(self) -> list[tuple[str, bool]]:
+        """(id, whether a pass dropped its ready entry) of jobs held for a fold."""
+        return list(self._held.items())
+
     def hold(self, job_id: str) -> None:
         self._held.setdefault(job_id, False)
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from zizq.config import BackoffPolicy, ServeConfig
 from zizq.license import LicenseState
 from zizq.logs import log_event
-from zizq.queue import batching, jq_sandbox
+from zizq.queue import batching, jq_sandbox, startup_index
 from zizq.queue.backoff import policy_from_record, retry_delay_ms
 from zizq.queue.batching import BatchExpressions
 from zizq.queue.budgets import DEFAULT_MAX_BUDGETS, BudgetBook
@@ -169,8 +169,10 @@ class Engine(JobControl, KeyedJobs, JobBudgets):
         self.started_monotonic = time.monotonic()
         self.dispatcher.bind(loop)
         self.budgets.load()
-        found = recover(self.store)
+        # A clean shutdown saved the indexes; otherwise (or if the store changed since) scan.
+        found = startup_index.load(self.store) or recover(self.store)
         self.budgets.bound(found.drawing)
+        self.budgets.add_cost_rows(found.costs)
         self.ready.adopt(found.ready)
         self.scheduler.due.load(found.scheduled)
         self.reaper.due.load(found.retained)
@@ -189,6 +191,33 @@ class Engine(JobControl, KeyedJobs, JobBudgets):
         await self.reaper.stop()
         self.committer.close()
         self.jq.close()  # a walk still waiting on a worker fails at once
+
+    def save_startup_index(self) -> bool:
+        """At a clean shutdown (after stop, with nothing left to write): save the indexes
+        for the next start (zizq.queue.startup_index). False when it cannot be exact."""
+        if (
+            self._orphans
+            or self.dispatcher.in_flight
+            or self.committer.outstanding
+            or self.store.failure is not None
+            or not self.store.writable
+        ):
+            return False
+        ready = {queue: list(heap) for queue, heap in self.ready.heaps().items() if heap}
+        waiting = list(self.dispatcher.gate.parked_entries())
+        for job_id, skipped in self.dispatcher.held_jobs():
+            record = self.store.get_job(job_id) if skipped else None
+            if record is not None and record["status"] == READY:
+                waiting.append((record["queue"], record["priority"], job_id))
+        for queue, priority, job_id in waiting:
+            ready.setdefault(queue, []).append((priority, job_id))
+        return startup_index.save(
+            self.store,
+            ready,
+            self.scheduler.due.entries(),
+            self.reaper.due.entries(),
+            self.budgets.cost_rows(),
+        )
 
     # -- enqueue ---------------------------------------------------------------
 

@@ -28,6 +28,7 @@ class Recovered:
     requeued: int = 0
     keys_repaired: int = 0  # unique/batch index entries added or removed at start
     drawing: list[dict] = field(default_factory=list)  # unfinished jobs bound to budgets
+    costs: list[tuple[str, int, int]] = field(default_factory=list)  # (budget, cost, jobs)
 
 
 def recover(store: Store) -> Recovered:
