@@ -59,6 +59,11 @@ class BudgetGate:
         self._where: dict[str, tuple[str, str, int]] = {}
         self._timers: dict[str, tuple[int, asyncio.TimerHandle]] = {}  # key -> (due ms, handle)
         self._soon: set[str] = set()  # budgets with a wake already scheduled by call_soon
+        # key -> tokens that jobs sent to the ready index (by `place` or a wake) will ask
+        # for at dispatch: a hint, so a burst of enqueues does not flood the ready index
+        # with jobs the budget cannot pay for. Wrong only towards parking, which a wake
+        # corrects.
+        self._placed: dict[str, int] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -92,6 +97,13 @@ class BudgetGate:
         if pool.holds(job_id):
             pool.release(job_id)  # a stale holding (cannot happen when in flight): never leak
         queue, priority = record["queue"], record["priority"]
+        placed = self._placed
+        for key, cost in refs:
+            left = placed.get(key, 0) - cost
+            if left > 0:
+                placed[key] = left
+            else:
+                placed.pop(key, None)
         for key, cost in refs:
             if self._waiting_ahead(key, queue, priority, job_id):
                 self._park(key, queue, priority, job_id, cost, now)
@@ -99,6 +111,36 @@ class BudgetGate:
         if pool.try_acquire_all(job_id, refs, now):
             return True
         key, cost = self._short(refs, now)
+        self._park(key, queue, priority, job_id, cost, now)
+        return False
+
+    def place(self, job_id: str, record: dict, now: int) -> bool:
+        """A job just became ready (enqueued, retried, patched, rebound): True if it
+        belongs in the ready index, False if it was parked here at once.
+
+        A job whose budget cannot pay now (or that has an earlier job of its queue
+        parked on one of its budgets) is parked without ever entering the ready
+        index, so dispatch passes never have to read it only to set it aside.
+        Tokens are still taken only at dispatch (`admit`).
+        """
+        self._where.pop(job_id, None)
+        pool = self.pool
+        refs = [(b["key"], b["cost"]) for b in record["budgets"] if b["key"] in pool]
+        if not refs:
+            return True
+        queue, priority = record["queue"], record["priority"]
+        for key, cost in refs:
+            if self._waiting_ahead(key, queue, priority, job_id):
+                self._park(key, queue, priority, job_id, cost, now)
+                return False
+        placed = self._placed
+        if pool.next_available_at(refs, now) == now and all(
+            placed.get(key, 0) + cost <= pool.available(key, now) for key, cost in refs
+        ):
+            for key, cost in refs:
+                placed[key] = placed.get(key, 0) + cost
+            return True
+        key, cost = self._short_or_first(refs, now)
         self._park(key, queue, priority, job_id, cost, now)
         return False
 
@@ -134,9 +176,22 @@ class BudgetGate:
         self._timers.clear()
         self._parked.clear()
         self._where.clear()
+        self._placed.clear()
         self.pool.clear()
 
     # -- parking ------------------------------------------------------------------
+
+    def _short_or_first(self, refs: list[tuple[str, int]], now: int) -> tuple[str, int]:
+        """The binding to park a job on at `place`: one that cannot pay, else one whose
+        tokens are spoken for by jobs already sent to the ready index."""
+        for key, cost in refs:
+            if self.pool.next_available_at([(key, cost)], now) != now:
+                return key, cost
+        placed = self._placed
+        for key, cost in refs:
+            if placed.get(key, 0) + cost > self.pool.available(key, now):
+                return key, cost
+        return refs[0]
 
     def _short(self, refs: list[tuple[str, int]], now: int) -> tuple[str, int]:
         """The binding to park on: the first whose budget cannot pay now."""
@@ -235,6 +290,7 @@ class BudgetGate:
                 priority, job_id, cost = head
                 del self._where[job_id]
                 self._ready.push(queue, priority, job_id)
+                self._placed[key] = self._placed.get(key, 0) + cost
                 moved = True
                 left -= cost
             head = self._live_head(key, queue, heap)

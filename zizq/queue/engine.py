@@ -332,6 +332,8 @@ class Engine(JobControl, KeyedJobs, JobBudgets):
 
     def _index_waiting(self, job_id: str, record: dict) -> None:
         if record["status"] == READY:
+            if "budgets" in record and not self.dispatcher.gate.place(job_id, record, now_ms()):
+                return  # parked on a budget that cannot pay now (zizq.queue.budget_gate)
             self.ready.push(record["queue"], record["priority"], job_id)
         elif record["status"] == SCHEDULED:
             self.scheduler.add(record["ready_at"], job_id)
