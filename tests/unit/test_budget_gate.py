@@ -45,7 +45,9 @@ class Model:
         if budgeted:
             record["budgets"] = [{"key": "k", "cost": cost}]
         self.records[job_id] = record
-        self.ready.push("q", priority, job_id)
+        # As the engine does when a job becomes ready: park it at once if it cannot go.
+        if "budgets" not in record or self.gate.place(job_id, record, self.now):
+            self.ready.push("q", priority, job_id)
         return job_id
 
     def dispatch_pass(self) -> list[str]:

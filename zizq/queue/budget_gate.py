@@ -43,6 +43,7 @@ from zizq.queue.indexes import ReadyIndex
 from zizq.queue.records import now_ms
 
 _Entry = tuple[int, str, int]  # (priority, job id, cost in the budget it is parked on)
+SPOKEN_FOR_RECHECK_MS = 1000
 
 
 class BudgetGate:
@@ -59,11 +60,13 @@ class BudgetGate:
         self._where: dict[str, tuple[str, str, int]] = {}
         self._timers: dict[str, tuple[int, asyncio.TimerHandle]] = {}  # key -> (due ms, handle)
         self._soon: set[str] = set()  # budgets with a wake already scheduled by call_soon
-        # key -> tokens that jobs sent to the ready index (by `place` or a wake) will ask
-        # for at dispatch: a hint, so a burst of enqueues does not flood the ready index
-        # with jobs the budget cannot pay for. Wrong only towards parking, which a wake
-        # corrects.
-        self._placed: dict[str, int] = {}
+        # (key, queue) -> tokens that jobs sent to the ready index (by `place` or a wake)
+        # will ask for at dispatch: a hint, so that a burst of enqueues does not flood the
+        # ready index with jobs the budget cannot pay for. Jobs of that queue wait behind
+        # them; when they have been dispatched (the count drops to 0) the budget is woken.
+        # A count left over by a job deleted meanwhile is dropped by the next wake, which
+        # a timer guarantees within SPOKEN_FOR_RECHECK_MS.
+        self._placed: dict[tuple[str, str], int] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -99,11 +102,11 @@ class BudgetGate:
         queue, priority = record["queue"], record["priority"]
         placed = self._placed
         for key, cost in refs:
-            left = placed.get(key, 0) - cost
+            left = placed.get((key, queue), 0) - cost
             if left > 0:
-                placed[key] = left
-            else:
-                placed.pop(key, None)
+                placed[(key, queue)] = left
+            elif placed.pop((key, queue), None) is not None and self._parked_in(key, queue):
+                self._wake_soon(key)  # the jobs sent ahead are through: the rest may follow
         for key, cost in refs:
             if self._waiting_ahead(key, queue, priority, job_id):
                 self._park(key, queue, priority, job_id, cost, now)
@@ -135,12 +138,12 @@ class BudgetGate:
                 return False
         placed = self._placed
         if pool.next_available_at(refs, now) == now and all(
-            placed.get(key, 0) + cost <= pool.available(key, now) for key, cost in refs
+            placed.get((key, queue), 0) + cost <= pool.available(key, now) for key, cost in refs
         ):
             for key, cost in refs:
-                placed[key] = placed.get(key, 0) + cost
+                placed[(key, queue)] = placed.get((key, queue), 0) + cost
             return True
-        key, cost = self._short_or_first(refs, now)
+        key, cost = self._short_or_first(refs, queue, now)
         self._park(key, queue, priority, job_id, cost, now)
         return False
 
@@ -181,17 +184,21 @@ class BudgetGate:
 
     # -- parking ------------------------------------------------------------------
 
-    def _short_or_first(self, refs: list[tuple[str, int]], now: int) -> tuple[str, int]:
+    def _short_or_first(self, refs: list[tuple[str, int]], queue: str, now: int) -> tuple[str, int]:
         """The binding to park a job on at `place`: one that cannot pay, else one whose
-        tokens are spoken for by jobs already sent to the ready index."""
+        tokens are spoken for by jobs of its queue already sent to the ready index."""
         for key, cost in refs:
             if self.pool.next_available_at([(key, cost)], now) != now:
                 return key, cost
         placed = self._placed
         for key, cost in refs:
-            if placed.get(key, 0) + cost > self.pool.available(key, now):
+            if placed.get((key, queue), 0) + cost > self.pool.available(key, now):
                 return key, cost
         return refs[0]
+
+    def _parked_in(self, key: str, queue: str) -> bool:
+        queues = self._parked.get(key)
+        return bool(queues and queues.get(queue))
 
     def _short(self, refs: list[tuple[str, int]], now: int) -> tuple[str, int]:
         """The binding to park on: the first whose budget cannot pay now."""
@@ -228,16 +235,21 @@ class BudgetGate:
             heap = queues[queue] = []
         heapq.heappush(heap, (priority, job_id, cost))
         self._where[job_id] = (key, queue, priority)
-        self._arm(key, cost, now)
+        self._arm(key, cost, now, queue)
 
-    def _arm(self, key: str, cost: int, now: int) -> None:
+    def _arm(self, key: str, cost: int, now: int, queue: str) -> None:
         """Make sure something wakes this budget when `cost` could be paid."""
         due = self.pool.next_available_at([(key, cost)], now)
         if due is None:
             return  # while_in_flight: a release wakes it
         if due <= now:
-            self._wake_soon(key)  # parked behind others while tokens are free
-            return
+            if not self._placed.get((key, queue)):
+                self._wake_soon(key)  # parked behind others while tokens are free
+                return
+            # The free tokens are spoken for by jobs of this queue sent ahead: their
+            # dispatch wakes the budget; this timer only bounds a count left by a
+            # job deleted before it was dispatched.
+            due = now + SPOKEN_FOR_RECHECK_MS
         current = self._timers.get(key)
         if current is not None:
             if current[0] <= due:
@@ -290,14 +302,18 @@ class BudgetGate:
                 priority, job_id, cost = head
                 del self._where[job_id]
                 self._ready.push(queue, priority, job_id)
-                self._placed[key] = self._placed.get(key, 0) + cost
                 moved = True
                 left -= cost
+            # What was sent now is what is spoken for (a stale count is dropped here).
+            if left < free:
+                self._placed[(key, queue)] = free - left
+            else:
+                self._placed.pop((key, queue), None)
             head = self._live_head(key, queue, heap)
             if head is None:
                 del queues[queue]
             else:
-                self._arm(key, head[2], now)  # the rest wait for the next tokens
+                self._arm(key, head[2], now, queue)  # the rest wait for the next tokens
         if not queues:
             del self._parked[key]
         if moved:
