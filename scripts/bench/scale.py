@@ -98,7 +98,8 @@ class ScaleServer(BenchServer):
                 at = time.perf_counter() - self.spawned
                 line = line.rstrip("\n")
                 self.lines.append(line)
-                for mark in ("store opened", "in-memory indexes"):  # rebuilt, or loaded from the start-up index
+                # "in-memory indexes rebuilt", or "... loaded from the start-up index"
+                for mark in ("store opened", "in-memory indexes"):
                     if mark in line and mark not in self.marks:
                         self.marks[mark] = at
                 match = LISTENING.match(line)
