@@ -130,7 +130,8 @@ class Events:
         started = self._engine.started_monotonic
         if started is None:  # an engine that was never started (tests): the admin app's age
             started = self._created
-        return int((time.monotonic() - started) * 1000)
+        # round, not int: a float difference of exactly 3600 s may come out as 3599.9999...
+        return round((time.monotonic() - started) * 1000)
 
     def status(self) -> dict[str, Any]:
         totals = self._lists.totals()
