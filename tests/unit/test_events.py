@@ -106,7 +106,7 @@ def test_stale_entries_are_skipped(make_engine, run, deep):
 def test_heap_snapshot_follows_random_heap_changes():
     rng = random.Random(14)
     heaps: dict[str, list] = {}
-    snapshot = observe._HeapSnapshot()
+    snapshot = observe.HeapSnapshot()
     for step in range(300):
         for _ in range(rng.choice([0, 1, 3, 40, 400])):
             queue = f"q{rng.randrange(4)}"
@@ -126,7 +126,7 @@ def test_heap_snapshot_follows_random_heap_changes():
 
 def test_heap_snapshot_is_reused_and_sees_changes_the_feed_missed():
     heap = [(1, f"{i:05}") for i in range(1000)]
-    snapshot = observe._HeapSnapshot()
+    snapshot = observe.HeapSnapshot()
     first = snapshot.ordered([heap], 1)
     assert snapshot.ordered([heap], 1) is first and snapshot.resorts == 1
     heapq.heappush(heap, (0, "new"))  # no feed version change: the stamp tells

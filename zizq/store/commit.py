@@ -14,7 +14,7 @@ once for an inline write), before any waiting request resumes, so that after
 Lanes (buffered mode): small writes of one kind (enqueues, acks) that arrive
 in the same turn of the event loop are coalesced into one RocksDB write, at
 most `batch_size` requests each (a bulk counts as one; 1 turns it off). A
-request joins its lane with a deferred batch (a recording, zizq.store.db.OpLog),
+request joins its lane with a deferred batch (a recording, zizq.store.batch.OpLog),
 so one that never commits leaves nothing in the shared write. The write
 happens before the loop turns again (or at once when the lane is full); each
 request's `landed` runs in the order they joined, then its answer goes out.
@@ -37,7 +37,8 @@ import queue
 import threading
 from collections.abc import Callable
 
-from zizq.store.db import OpLog, Store, StoreUnavailable, WriteBatch, replay
+from zizq.store.batch import OpLog, WriteBatch, replay
+from zizq.store.db import Store, StoreUnavailable
 
 logger = logging.getLogger("zizq.store")
 
