@@ -36,7 +36,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from zizq.queue.observe_snapshots import HeapSnapshot, SortedSnapshot
+from zizq.queue.observe_snapshots import Entry, HeapSnapshot, SortedSnapshot
 from zizq.queue.records import IN_FLIGHT, READY, SCHEDULED
 
 if TYPE_CHECKING:  # the dispatcher imports this module: no runtime import back
@@ -55,7 +55,6 @@ MAX_LIMIT = 1000  # rows one window may carry
 FIND_MAX_EXAMINED = 20_000  # records a find reads before it gives up (no match)
 FINISHED_CAP = 256  # completed/dead notes a watcher keeps between two of its refreshes
 
-Entry = tuple  # (sort key..., job_id): the job id is always the last element
 Row = tuple[str, dict]  # (job id, record)
 
 

@@ -132,12 +132,7 @@ class Committer:
             await self._join(lane, batch, landed, failed)
             return
         if not sync and batch.count < OFFLOAD_MIN_WRITES:
-            try:
-                self._store.write(batch, sync=False)
-            except BaseException:
-                _run(failed)
-                raise
-            _run(landed)
+            self._write_inline(batch, landed, failed)
             return
         batch.materialize()  # the commit thread writes real batches only
         self._ensure_thread()
@@ -148,6 +143,20 @@ class Committer:
             self._idle.clear()
         self._pending.put((batch, sync, done, loop, landed, failed))
         await done
+
+    def _write_inline(
+        self,
+        batch: WriteBatch,
+        landed: Callable[[], None] | None,
+        failed: Callable[[], None] | None,
+    ) -> None:
+        """A small buffered write on the loop thread, where a hand-off would cost more."""
+        try:
+            self._store.write(batch, sync=False)
+        except BaseException:
+            _run(failed)
+            raise
+        _run(landed)
 
     async def _join(
         self,
@@ -164,12 +173,7 @@ class Committer:
         raw = batch.raw
         if not isinstance(raw, OpLog) or batch.generation != joined.generation:
             # Not recorded (a caller's plain batch), or from before a reopen: alone.
-            try:
-                self._store.write(batch, sync=False)
-            except BaseException:
-                _run(failed)
-                raise
-            _run(landed)
+            self._write_inline(batch, landed, failed)
             return
         joined.ops.extend(raw.ops)
         joined.batches.append(batch)
