@@ -1,20 +1,18 @@
 """One INFO line per HTTP request: method, path, status, duration, bytes, worker id.
 
-Costs one `isEnabledFor` check per request when INFO is off. The line is written
-when the response ends (for a take stream: when the stream closes).
+Costs one `isEnabledFor` check per request when INFO is off. The ASGI wrapper
+(zizq.api.app) fills in `status` and `bytes` as the response goes out; the line is
+written when the response ends (for a take stream: when the stream closes).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
 
 from zizq.logs import log_event
 
 logger = logging.getLogger("zizq.http")
-
-Send = Callable[[dict], Awaitable[None]]
 
 
 def enabled() -> bool:
@@ -31,17 +29,6 @@ class RequestLog:
         self._started = time.perf_counter()
         self.status = 0
         self.bytes = 0
-
-    def wrap(self, send: Send) -> Send:
-        async def logged_send(message: dict) -> None:
-            kind = message.get("type")
-            if kind == "http.response.start":
-                self.status = message.get("status", 0)
-            elif kind == "http.response.body":
-                self.bytes += len(message.get("body", b""))
-            await send(message)
-
-        return logged_send
 
     def finish(self) -> None:
         scope = self._scope

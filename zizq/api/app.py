@@ -93,8 +93,20 @@ def _wrap(app: falcon.asgi.App, tracker: ConnectionTracker) -> ASGIApp:
             return
         if scope.get("http_version") == "1":
             scope["http_version"] = "1.0"
+        record = access_log.RequestLog(scope) if access_log.enabled() else None
+        try:
+            await _serve(scope, receive, send, record)
+        finally:
+            if record is not None:
+                record.finish()
+
+    async def _serve(
+        scope: dict, receive: Callable, send: Callable, record: access_log.RequestLog | None
+    ) -> None:
         first = await receive()
         if first.get("type") != "http.request":
+            if record is not None:
+                record.status, record.bytes = 400, len(_BAD_BODY)
             await _reject_body(send)  # a no-op if the client is really gone
             return
         # The body is done at its final event, or once Content-Length bytes arrived
@@ -131,80 +143,92 @@ def _wrap(app: falcon.asgi.App, tracker: ConnectionTracker) -> ASGIApp:
         scope[RECEIVE_KEY] = next_event
         http1 = scope.get("http_version", "1.1").startswith("1")
 
-        async def closing_send(message: dict) -> None:
-            # An answer given before the body was read (a 400 for a bad query, a 413)
-            # leaves unread bytes on an HTTP/1.1 connection; the server then drops the
-            # connection, and a client that reuses it fails. Say so up front instead.
-            if http1 and not body_done and message.get("type") == "http.response.start":
-                message = {**message, "headers": [*message.get("headers", []), _CLOSE]}
-            await send(message)
-
         client = scope.get("client")
         peer = _peer(client) if client else None
-
-        async def drain_unread_body() -> None:
-            """Read and drop what is left of a body the answer did not need (a 413, a 400
-            for a bad query). An HTTP/2 client (and many HTTP/1.1 ones) sends its whole
-            body before reading the answer: left unread, the flow-control window stays
-            shut and the client waits forever. Bounded in bytes and time."""
-            if body_done:
-                return  # the usual case: nothing left, no timer to set up
-            left = DRAIN_MAX_BYTES
-            try:
-                async with asyncio.timeout(DRAIN_TIMEOUT_S):
-                    while not body_done and left > 0:
-                        event = await next_event()
-                        if event.get("type") != "http.request":
-                            return  # the client went away
-                        left -= len(event.get("body", b""))
-            except TimeoutError:
-                return
-
-        if peer is None:
-            await app(scope, checked_receive, _chunked(closing_send))
-            await drain_unread_body()
-            return
-        conn = tracker.enter(peer)
+        conn = tracker.enter(peer) if peer is not None else None
         gated = (
-            scope.get("method") in ("GET", "HEAD")
+            conn is not None
+            and scope.get("method") in ("GET", "HEAD")
             and scope.get("path", "").rstrip("/") != TAKE_PATH
         )
         started = False
-        try:
-            if gated:
-                await conn.gets.acquire()
-            conn.working += 1
-            chunked = _chunked(closing_send)
 
-            async def tracked_send(message: dict) -> None:
-                nonlocal started
-                if not started and message.get("type") == "http.response.start":
-                    started = True
-                    conn.working -= 1
-                await chunked(message)
-
-            try:
-                await app(scope, checked_receive, tracked_send)
-            finally:
+        async def wrapped_send(message: dict) -> None:
+            """The one layer between Falcon and Granian (each layer costs every request):
+            counts for the request log and the reaper, says `Connection: close` when the
+            body was left unread, and cuts large bodies into SEND_CHUNK pieces."""
+            nonlocal started
+            kind = message.get("type")
+            if kind == "http.response.start":
+                if record is not None:
+                    record.status = message.get("status", 0)
                 if not started:
-                    conn.working -= 1
-            await drain_unread_body()
-        finally:
-            if gated:
-                conn.gets.release()
-            tracker.leave(peer, conn)
+                    started = True
+                    if conn is not None:
+                        conn.working -= 1
+                # An answer given before the body was read (a 400 for a bad query, a
+                # 413) leaves unread bytes on an HTTP/1.1 connection; the server then
+                # drops the connection, and a client that reuses it fails. Say so first.
+                if http1 and not body_done:
+                    message = {**message, "headers": [*message.get("headers", []), _CLOSE]}
+                await send(message)
+                return
+            body = message.get("body", b"")
+            if record is not None:
+                record.bytes += len(body)
+            if kind != "http.response.body" or len(body) <= SEND_CHUNK:
+                await send(message)
+                return
+            more = message.get("more_body", False)
+            last = len(body) - SEND_CHUNK
+            for offset in range(0, len(body), SEND_CHUNK):
+                await send(
+                    {
+                        "type": "http.response.body",
+                        "body": bytes(body[offset : offset + SEND_CHUNK]),
+                        "more_body": more or offset < last,
+                    }
+                )
 
-    async def logged(scope: dict, receive: Callable, send: Callable) -> None:
-        if scope.get("type") != "http" or not access_log.enabled():
-            await asgi(scope, receive, send)
-            return
-        record = access_log.RequestLog(scope)
         try:
-            await asgi(scope, receive, record.wrap(send))
+            if gated:
+                await conn.gets.acquire()  # type: ignore[union-attr]
+            if conn is not None:
+                conn.working += 1
+            try:
+                await app(scope, checked_receive, wrapped_send)
+            finally:
+                if not started and conn is not None:
+                    conn.working -= 1
+            await _drain_unread_body(next_event, lambda: body_done)
         finally:
-            record.finish()
+            if conn is not None:
+                if gated:
+                    conn.gets.release()
+                tracker.leave(peer, conn)  # type: ignore[arg-type]
 
-    return logged
+    return asgi
+
+
+async def _drain_unread_body(
+    next_event: Callable[[], Awaitable[dict]], body_done: Callable[[], bool]
+) -> None:
+    """Read and drop what is left of a body the answer did not need (a 413, a 400 for a
+    bad query). An HTTP/2 client (and many HTTP/1.1 ones) sends its whole body before
+    reading the answer: left unread, the flow-control window stays shut and the client
+    waits forever. Bounded in bytes and time."""
+    if body_done():
+        return  # the usual case: nothing left, no timer to set up
+    left = DRAIN_MAX_BYTES
+    try:
+        async with asyncio.timeout(DRAIN_TIMEOUT_S):
+            while not body_done() and left > 0:
+                event = await next_event()
+                if event.get("type") != "http.request":
+                    return  # the client went away
+                left -= len(event.get("body", b""))
+    except TimeoutError:
+        return
 
 
 def _content_length(scope: dict) -> int | None:
@@ -222,26 +246,6 @@ def _peer(client: object) -> tuple[str, int] | None:
     if host.startswith("::ffff:"):  # the reaper sees IPv4-mapped addresses this way
         host = host[7:]
     return host, port
-
-
-def _chunked(send: Callable) -> Callable[[dict], Awaitable[None]]:
-    async def chunked_send(message: dict) -> None:
-        body = message.get("body", b"")
-        if message.get("type") != "http.response.body" or len(body) <= SEND_CHUNK:
-            await send(message)
-            return
-        more = message.get("more_body", False)
-        last = len(body) - SEND_CHUNK
-        for offset in range(0, len(body), SEND_CHUNK):
-            await send(
-                {
-                    "type": "http.response.body",
-                    "body": bytes(body[offset : offset + SEND_CHUNK]),
-                    "more_body": more or offset < last,
-                }
-            )
-
-    return chunked_send
 
 
 def create_primary_app(

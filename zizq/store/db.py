@@ -122,6 +122,15 @@ class Store:
         self.h_payloads = handles.h_payloads
         self.h_errors = handles.h_errors
         self.h_index = handles.h_index
+        # id() of each column family handle -> its name, for recorded batches
+        # (zizq.store.batch.OpLog), which must hold names, never handles. The
+        # handles live as long as their database, so no id is reused meanwhile.
+        self.handle_names = {
+            id(handles.h_jobs): "h_jobs",
+            id(handles.h_payloads): "h_payloads",
+            id(handles.h_errors): "h_errors",
+            id(handles.h_index): "h_index",
+        }
         self.writable = handles.writable
 
     def _check_schema_version(self) -> None:
