@@ -10,9 +10,27 @@ from __future__ import annotations
 import logging
 import time
 
-from zizq.logs import log_event
-
 logger = logging.getLogger("zizq.http")
+
+# Every request line is the same record but for its time and fields: copy the
+# attributes of one made up front instead of running Logger.log's machinery per
+# request (half the cost of the line). Handlers and formatters see an ordinary record.
+_PROTOTYPE = dict(
+    logger.makeRecord(logger.name, logging.INFO, "(unknown file)", 0, "request", (), None).__dict__
+)
+_LogRecord = logging.LogRecord
+
+
+def _record(fields: dict) -> logging.LogRecord:
+    record = _LogRecord.__new__(_LogRecord)
+    attrs = record.__dict__
+    attrs.update(_PROTOTYPE)
+    created = time.time()
+    attrs["created"] = created
+    attrs["msecs"] = (created - int(created)) * 1000
+    attrs["relativeCreated"] = (created - logging._startTime) * 1000
+    attrs["fields"] = fields
+    return record
 
 
 def enabled() -> bool:
@@ -20,7 +38,7 @@ def enabled() -> bool:
 
 
 class RequestLog:
-    """Watches one request's response messages, then logs the request once."""
+    """One request's line: the ASGI wrapper sets `status` and `bytes`, then `finish`."""
 
     __slots__ = ("_scope", "_started", "status", "bytes")
 
@@ -42,7 +60,7 @@ class RequestLog:
         worker = _worker_id(scope)
         if worker is not None:
             fields["worker_id"] = worker
-        log_event(logger, logging.INFO, "request", **fields)
+        logger.handle(_record(fields))
 
 
 def _worker_id(scope: dict) -> str | None:
