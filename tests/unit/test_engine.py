@@ -169,3 +169,26 @@ def test_retry_delay_formula():
     jittered = BackoffPolicy(base_ms=0, exponent=0.0, jitter_ms=1000)
     delays = {retry_delay_ms(jittered, 2, random.Random(seed)) for seed in range(50)}
     assert all(1000 <= d <= 1000 + 2000 for d in delays) and len(delays) > 1
+
+
+def test_finishing_a_job_deletes_its_errors(make_engine, run, store):
+    engine = make_engine(default_completed_retention_ms=0)
+    failed, clean = run(engine.enqueue([spec(), spec()]))
+    consumer = engine.open_consumer(None, 10)
+    assert len(run(take(consumer))) == 2
+    run(engine.fail(failed["id"], FailureSpec(message="boom", retry_at=0)))
+    assert len(list(store.errors.keys())) == 1
+    assert len(run(take(consumer))) == 1  # the retry
+    assert run(engine.ack(clean["id"]))
+    assert run(engine.ack(failed["id"]))
+    assert list(store.errors.keys()) == []  # nothing left behind by the failed job
+    assert store.get_job(failed["id"]) is None and store.get_job(clean["id"]) is None
+
+
+def test_only_a_job_that_failed_gets_a_range_delete_of_its_errors(store):
+    key = ("q", "t", "in_flight")
+    for attempts, range_deletes in ((0, 0), (1, 1), (None, 1)):
+        record = {} if attempts is None else {"attempts": attempts}
+        batch = store.batch(deferred=True)
+        batch.delete_job("0" * 25, key, record)
+        assert [op[0] for op in batch.raw.ops].count(2) == range_deletes, attempts

@@ -63,7 +63,7 @@ class JobOutcomes:
         keep_ms = retention.get(key, default)
         if keep_ms <= 0:
             self._forget_keys(batch, job_id, record)
-            batch.delete_job(job_id, previous)
+            batch.delete_job(job_id, previous, record)
             return None
         record["purge_at"] = later(now, keep_ms)
         batch.put_job(job_id, record, previous)

@@ -79,7 +79,7 @@ class Reaper:
                 ):
                     if self._forget_keys is not None:
                         self._forget_keys(batch, job_id, record)
-                    batch.delete_job(job_id, index_key_of(record))
+                    batch.delete_job(job_id, index_key_of(record), record)
                     removed += 1
                     if logger.isEnabledFor(logging.DEBUG):
                         log_event(logger, logging.DEBUG, "job purged", id=job_id)

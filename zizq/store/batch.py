@@ -189,13 +189,19 @@ class WriteBatch:
         self.raw.put(layout.error_key(job_id, attempt), msgpack.packb(error), self._store.h_errors)
         self.count += 1
 
-    def delete_job(self, job_id: str, previous: IndexKey) -> None:
-        """Remove a job with its payload, index entries and every recorded error."""
+    def delete_job(self, job_id: str, previous: IndexKey, record: dict) -> None:
+        """Remove a job with its payload, index entries and every recorded error.
+
+        A job that never failed (`attempts` 0: errors are written only with a
+        failure, which counts an attempt) has no errors to delete, and gets no
+        range tombstone: one per acked job made every write and flush dearer.
+        """
         key = layout.job_key(job_id)
         self.raw.delete(key, self._store.h_jobs)
         self.raw.delete(key, self._store.h_payloads)
-        start, end = layout.error_key_range(job_id)
-        self.raw.delete_range(start, end, self._store.h_errors)
+        if record.get("attempts", 1) != 0:
+            start, end = layout.error_key_range(job_id)
+            self.raw.delete_range(start, end, self._store.h_errors)
         self._index(job_id, previous, present=False)
         self._count(previous, -1)
         self.count += 3
