@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import falcon
 
 from zizq.api import codec, params
+from zizq.api.splice import job_with_stored_payload
 from zizq.logs import log_event
 from zizq.queue import Engine
 from zizq.queue.consumer import Consumer, ConsumerClosed, Delivery
@@ -168,6 +169,9 @@ class Take:
 
         Raises one of codec.ENCODE_ERRORS if the job cannot be delivered."""
         view = public_view(delivery.job_id, delivery.record)
+        if media == codec.MSGPACK_STREAM:
+            body = job_with_stored_payload(view, payload)  # the stored bytes, not re-encoded
+            return len(body).to_bytes(4, "big") + body
         return codec.stream_frame(media, codec.job_with_payload(view, payload))
 
     async def _kill_undeliverable(self, job_id: str, problem: str) -> None:
