@@ -17,9 +17,11 @@ from zizq.api import events
 from zizq.api.app import create_admin_app
 from zizq.license import License, LicenseState, Tier
 from zizq.listener import Listener
+from zizq.queue import feed as change_feed
 from zizq.queue import observe
+from zizq.queue.feed import ChangeFeed
 from zizq.queue.maintenance import Maintenance
-from zizq.queue.observe import Anchor, ChangeFeed, Lists, Query, _heap_walk
+from zizq.queue.observe import Anchor, Lists, Query, _heap_walk
 from zizq.queue.patch import parse_patch
 from zizq.queue.records import now_ms
 from zizq.queue.spec import parse_job
@@ -280,10 +282,12 @@ def test_finished_notes_are_bounded():
     loop = asyncio.new_event_loop()
     try:
         watcher = feed.watch(asyncio.Event())
-        for i in range(observe.FINISHED_CAP + 50):
+        for i in range(change_feed.FINISHED_CAP + 50):
             feed.finished(str(i), "completed")
         notes = watcher.take_finished()
-        assert len(notes) == observe.FINISHED_CAP and notes[-1][0] == str(observe.FINISHED_CAP + 49)
+        assert len(notes) == change_feed.FINISHED_CAP and notes[-1][0] == str(
+            change_feed.FINISHED_CAP + 49
+        )
     finally:
         loop.close()
 

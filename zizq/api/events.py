@@ -31,13 +31,13 @@ from zizq.api.codec import dumps_json
 from zizq.license import Feature
 from zizq.queue import Engine
 from zizq.queue.errors import NotFound
+from zizq.queue.feed import Watcher
 from zizq.queue.observe import (
     IN_FLIGHT_LIST,
     LIST_NAMES,
     Anchor,
     Lists,
     Query,
-    Watcher,
     Window,
     job_view,
 )

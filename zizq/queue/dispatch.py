@@ -46,8 +46,8 @@ from collections.abc import Callable
 from zizq.logs import log_event
 from zizq.queue.budget_gate import BudgetGate
 from zizq.queue.consumer import Consumer, Delivery
+from zizq.queue.feed import ChangeFeed
 from zizq.queue.indexes import ReadyIndex
-from zizq.queue.observe import ChangeFeed
 from zizq.queue.records import IN_FLIGHT, READY, now_ms
 from zizq.store import Store, WriteBatch, index_key_of
 

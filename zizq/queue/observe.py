@@ -1,17 +1,11 @@
 """Read-only views of the job lists for live viewers (the admin `/events` stream).
 
-Two parts, both free when no one watches:
-
-- `ChangeFeed`: the dispatcher owns one. Engine paths that change a list call
-  `feed.changed()` (and `feed.finished(...)` for acks and kills) behind an
-  `if feed.active:` guard, so with no viewer a hook costs one attribute read.
-  A viewer (`Watcher`) learns only *that* something changed; it recomputes its
-  windows from the indexes at its own pace, so a burst of a million enqueues
-  costs a viewer one refresh, never a backlog.
-- `Lists`: windows (a slice of a list around an anchor) and `find` (the next
-  job matching a query) over the engine's in-memory indexes: the ready heaps
-  (priority, id), the in-flight table (dequeued_at, id) and the scheduled timer
-  heap (ready_at, id).
+`Lists`: windows (a slice of a list around an anchor) and `find` (the next job
+matching a query) over the engine's in-memory indexes: the ready heaps
+(priority, id), the in-flight table (dequeued_at, id) and the scheduled timer
+heap (ready_at, id). Viewers learn *that* something changed from the change
+feed (zizq.queue.feed) and recompute their windows here at their own pace.
+Nothing here costs anything while no one watches.
 
 Positions are ranks among the index entries. The heaps keep stale entries (a
 job patched or deleted while waiting) until they reach the top; rows are
@@ -31,7 +25,6 @@ from __future__ import annotations
 import bisect
 import heapq
 import itertools
-from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -39,9 +32,7 @@ from typing import TYPE_CHECKING, Any
 from zizq.queue.observe_snapshots import Entry, HeapSnapshot, SortedSnapshot
 from zizq.queue.records import IN_FLIGHT, READY, SCHEDULED
 
-if TYPE_CHECKING:  # the dispatcher imports this module: no runtime import back
-    import asyncio
-
+if TYPE_CHECKING:
     from zizq.queue.engine import Engine
 
 READY_LIST = "ready"
@@ -53,80 +44,8 @@ _LIST_STATUS = {READY_LIST: READY, IN_FLIGHT_LIST: IN_FLIGHT, SCHEDULED_LIST: SC
 PREFIX_MAX = 4096  # windows and walks within this many entries of the head are lazy walks
 MAX_LIMIT = 1000  # rows one window may carry
 FIND_MAX_EXAMINED = 20_000  # records a find reads before it gives up (no match)
-FINISHED_CAP = 256  # completed/dead notes a watcher keeps between two of its refreshes
 
 Row = tuple[str, dict]  # (job id, record)
-
-
-# -- the change feed ----------------------------------------------------------------
-
-
-class Watcher:
-    """One viewer's view of the feed: a dirty flag, a wake-up and recent finishes."""
-
-    __slots__ = ("dirty", "wake", "finished", "finished_dropped")
-
-    def __init__(self, wake: asyncio.Event) -> None:
-        self.dirty = False
-        self.wake = wake
-        # Bounded: a viewer that refreshes slowly loses the oldest notes, not memory.
-        self.finished: deque[tuple[str, str]] = deque(maxlen=FINISHED_CAP)
-        self.finished_dropped = 0
-
-    def take_finished(self) -> list[tuple[str, str]]:
-        notes = list(self.finished)
-        self.finished.clear()
-        self.finished_dropped = 0
-        return notes
-
-
-class ChangeFeed:
-    """Tells watchers that the lists changed. All calls run on the engine's loop thread."""
-
-    __slots__ = ("active", "version", "_watchers")
-
-    def __init__(self) -> None:
-        self.active = False  # the guard hooks read: True while at least one viewer watches
-        # Counts reported changes while active (and every new watch, since changes made
-        # while no one watched were not counted): a cached view is current while it holds.
-        self.version = 0
-        self._watchers: list[Watcher] = []
-
-    def watch(self, wake: asyncio.Event) -> Watcher:
-        watcher = Watcher(wake)
-        self._watchers.append(watcher)
-        self.active = True
-        self.version += 1
-        return watcher
-
-    def unwatch(self, watcher: Watcher) -> None:
-        if watcher in self._watchers:
-            self._watchers.remove(watcher)
-        self.active = bool(self._watchers)
-
-    @property
-    def watchers(self) -> int:
-        return len(self._watchers)
-
-    def changed(self) -> None:
-        """Some list changed (which one is not said: a refresh recomputes windows cheaply)."""
-        self.version += 1
-        for watcher in self._watchers:
-            if not watcher.dirty:
-                watcher.dirty = True
-                watcher.wake.set()
-
-    def finished(self, job_id: str, status: str) -> None:
-        """A job left in-flight for good: `completed` or `dead`."""
-        self.version += 1
-        for watcher in self._watchers:
-            notes = watcher.finished
-            if len(notes) == FINISHED_CAP:
-                watcher.finished_dropped += 1
-            notes.append((job_id, status))
-            if not watcher.dirty:
-                watcher.dirty = True
-                watcher.wake.set()
 
 
 # -- anchors, queries, results -------------------------------------------------------
