@@ -271,7 +271,7 @@ class JobControl:
 
     async def delete_jobs(self, job_filter: JobFilter) -> int:
         if _selects_everything(job_filter):
-            return await self.reset(budgets_too=False)
+            return await self.delete_every_job()
         total = 0
         async for found in self._matching_slices(job_filter):
             if not found:
@@ -288,9 +288,18 @@ class JobControl:
         log_event(logger, logging.INFO, "jobs deleted by filter", deleted=total)
         return total
 
-    async def reset(self, budgets_too: bool = True) -> int:
-        """Delete every job (in flight too) and every budget (unless told not to) in one
-        atomic batch; returns how many jobs there were.
+    async def reset(self) -> int:
+        """POST /reset: every job (in flight too) and every budget; returns how many jobs
+        there were."""
+        return await self._delete_everything(budgets_too=True)
+
+    async def delete_every_job(self) -> int:
+        """DELETE /jobs without a filter: every job (in flight too); budgets stay, with
+        nothing drawing on them. Returns how many jobs there were."""
+        return await self._delete_everything(budgets_too=False)
+
+    async def _delete_everything(self, budgets_too: bool) -> int:
+        """One atomic batch deleting every job, and every budget if `budgets_too`.
 
         Every write handed to the commit thread before the reset lands first
         (new writes wait meanwhile), so none of them can outlive the reset or
