@@ -92,16 +92,12 @@ def view(engine: Engine) -> dict:
 def scanned(store: Store) -> dict:
     found = recover(store)
     ready = {(q, p, j) for q, heap in found.ready.items() for p, j in heap}
-    costs = Counter()
-    for record in found.drawing:
-        for binding in record["budgets"]:
-            costs[(binding["key"], binding["cost"])] += 1
     return {
         "counts": dict(store.counts),
         "ready": ready,
         "scheduled": sorted(found.scheduled),
         "retained": sorted(found.retained),
-        "costs": sorted((k, c, n) for (k, c), n in costs.items()),
+        "costs": sorted(found.costs),
     }
 
 

@@ -164,7 +164,6 @@ class Engine(JobControl, KeyedJobs, JobBudgets, JobOutcomes):
         self.budgets.load()
         # A clean shutdown saved the indexes; otherwise (or if the store changed since) scan.
         found = startup_index.load(self.store) or recover(self.store)
-        self.budgets.bound(found.drawing)
         self.budgets.add_cost_rows(found.costs)
         self.ready.adopt(found.ready)
         self.scheduler.due.load(found.scheduled)

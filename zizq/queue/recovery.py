@@ -27,14 +27,16 @@ class Recovered:
     retained: list[tuple[int, str]] = field(default_factory=list)  # (purge_at, id)
     requeued: int = 0
     keys_repaired: int = 0  # unique/batch index entries added or removed at start
-    drawing: list[dict] = field(default_factory=list)  # unfinished jobs bound to budgets
-    costs: list[tuple[str, int, int]] = field(default_factory=list)  # (budget, cost, jobs)
+    # (budget, cost, unfinished jobs drawing that cost on it): from the scan, or as the
+    # start-up index saved them (BudgetBook.cost_rows)
+    costs: list[tuple[str, int, int]] = field(default_factory=list)
 
 
 def recover(store: Store) -> Recovered:
     """One pass over every job record; also sets the store's exact counters."""
     found = Recovered()
     counts: Counter[IndexKey] = Counter()
+    draws: Counter[tuple[str, int]] = Counter()
     requeue = store.batch()
     now = now_ms()
     ready = found.ready
@@ -56,7 +58,8 @@ def recover(store: Store) -> Recovered:
             found.requeued += 1
             status = READY
         if "budgets" in record and status not in TERMINAL:
-            found.drawing.append(record)
+            for binding in record["budgets"]:
+                draws[binding["key"], binding["cost"]] += 1
         if status == READY:
             heap = ready.get(record["queue"])
             if heap is None:
@@ -67,6 +70,7 @@ def recover(store: Store) -> Recovered:
         elif status in TERMINAL and "purge_at" in record:
             found.retained.append((record["purge_at"], job_id))
     store.counts = counts
+    found.costs = [(key, cost, jobs) for (key, cost), jobs in draws.items()]
     found.keys_repaired += _drop_dangling_keys(store, requeue)
     if found.requeued or found.keys_repaired:
         store.write(requeue, sync=True)
