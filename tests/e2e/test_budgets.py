@@ -376,6 +376,46 @@ def test_job_budget_routes(api, server):
         assert api.request("DELETE", f"/budgets/{k}")[0] == 204
 
 
+def test_filtered_budget_routes(api, server):
+    """/jobs/budgets[/{key}]?<filters>, in the node client's shapes: {changed, blocked}."""
+    queue, key, other = fresh("q"), fresh(), fresh()
+    create(api, key, wif(5))
+    busy, bound, plain = (enqueue(api, queue)["id"] for _ in range(3))
+    api.post(f"/jobs/{bound}/budgets/{key}", {})
+    elsewhere = enqueue(api, fresh("q"))["id"]
+    with TakeStream(server.url, queues=queue, fmt=api.fmt, http2=api.http2) as stream:
+        assert stream.next_job(5)["id"] == busy  # in flight: blocked, never changed
+        status, body, _ = api.post(f"/jobs/budgets/{key}?queue={queue}", {"cost": 2})
+        assert status == 200 and body == {"changed": 1, "blocked": [busy]}, body
+        assert get_job(api, bound)["budgets"] == [{"key": key, "cost": 1}]  # POST skips
+        assert get_job(api, plain)["budgets"] == [{"key": key, "cost": 2}]
+        assert "budgets" not in get_job(api, elsewhere)
+        status, body, _ = api.request("PUT", f"/jobs/budgets/{key}?queue={queue}", {"cost": 3})
+        assert status == 200 and body == {"changed": 2, "blocked": [busy]}, body
+        status, body, _ = api.request("PATCH", f"/jobs/budgets/{key}?queue={queue}", {"cost": 4})
+        assert status == 200 and body["changed"] == 2, body
+        assert get_job(api, bound)["budgets"] == [{"key": key, "cost": 4}]
+        # PUT creates a missing budget from create_with, in the write that binds it.
+        route = f"/jobs/budgets/{other}?id={plain}"
+        status, body, _ = api.request("PUT", route, {"create_with": wif(2)})
+        assert status == 200 and body == {"changed": 1, "blocked": []}, body
+        status, body, _ = api.request("DELETE", f"/jobs/budgets/{key}?budgets.key={key}")
+        assert status == 200 and body == {"changed": 2, "blocked": []}, body
+        status, body, _ = api.request("DELETE", f"/jobs/budgets?queue={queue}")
+        assert status == 200 and body == {"changed": 1, "blocked": []}, body
+        assert "budgets" not in get_job(api, plain)
+        # Bad input: a budget that does not exist, a cost it cannot pay, an unknown filter.
+        assert_error(*api.post(f"/jobs/budgets/{fresh()}", {})[:2], 422, "does not exist")
+        assert_error(*api.post(f"/jobs/budgets/{key}", {"cost": 6})[:2], 422, "cost")
+        assert_error(*api.post(f"/jobs/budgets/{key}?colour=red", {})[:2], 400, "colour")
+        assert_error(*api.request("PATCH", f"/jobs/budgets/{key}", {"cost": "x"})[:2], 400, "cost")
+        assert api.ack(busy) == 204
+    for job_id in (busy, bound, plain, elsewhere):
+        api.request("DELETE", f"/jobs/{job_id}")
+    for k in (key, other):
+        assert api.request("DELETE", f"/budgets/{k}")[0] == 204
+
+
 # -- licensing ---------------------------------------------------------------------------------
 
 
@@ -397,6 +437,11 @@ def test_every_budget_route_is_403_without_a_license(start_server):
             ("PUT", f"/jobs/{j}/budgets/k", {}),
             ("PATCH", f"/jobs/{j}/budgets/k", {"cost": 1}),
             ("DELETE", f"/jobs/{j}/budgets/k", None),
+            ("POST", "/jobs/budgets/k?queue=q", {}),
+            ("PUT", "/jobs/budgets/k", {}),
+            ("PATCH", "/jobs/budgets/k", {"cost": 1}),
+            ("DELETE", "/jobs/budgets/k", None),
+            ("DELETE", "/jobs/budgets?queue=q", None),
             ("POST", "/jobs", job("q", [{"key": "k", "create_with": wif(1)}])),
             ("POST", "/jobs/bulk", {"jobs": [job("q"), job("q", [{"key": "k"}])]}),
         ]

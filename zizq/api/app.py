@@ -12,7 +12,14 @@ import orjson
 from zizq.api import access_log, errors
 from zizq.api.acks import BulkSuccess, Failure, Success
 from zizq.api.admin import Backup, Compact
-from zizq.api.budgets import BudgetCollection, BudgetItem, JobBudgetCollection, JobBudgetItem
+from zizq.api.budgets import (
+    BudgetCollection,
+    BudgetItem,
+    JobBudgetCollection,
+    JobBudgetItem,
+    JobsBudgetCollection,
+    JobsBudgetItem,
+)
 from zizq.api.crons import CronCollection, CronEntries, CronEntryItem, CronGroupItem
 from zizq.api.events import Events
 from zizq.api.health import Health, Version
@@ -269,6 +276,8 @@ def create_primary_app(
     app.add_route("/budgets/{key}", BudgetItem(engine))
     app.add_route("/jobs/{job_id}/budgets", JobBudgetCollection(engine))
     app.add_route("/jobs/{job_id}/budgets/{key}", JobBudgetItem(engine))
+    app.add_route("/jobs/budgets", JobsBudgetCollection(engine))  # every matching job
+    app.add_route("/jobs/budgets/{key}", JobsBudgetItem(engine))
     crons, license = engine.crons, engine.license
     app.add_route("/crons", CronCollection(crons, license))
     app.add_route("/crons/{group}", CronGroupItem(crons, license))

@@ -1,4 +1,5 @@
-"""Budgets (pro, 0.7): /budgets, /budgets/{key}, /jobs/{id}/budgets[/{key}].
+"""Budgets (pro, 0.7): /budgets, /budgets/{key}, /jobs/{id}/budgets[/{key}] and, for
+every job a filter matches, /jobs/budgets[/{key}]?<filters>.
 
 Thin: every route checks the license (403 without one), parses the body
 (zizq.queue.budget_policy) and calls the budget book or the engine. Changes
@@ -12,6 +13,7 @@ from typing import Any
 
 import falcon
 
+from zizq.api import params
 from zizq.api.codec import read_parsed, respond, response_type
 from zizq.license import Feature
 from zizq.queue import Engine
@@ -175,3 +177,56 @@ class JobBudgetItem(_Licensed):
     ) -> None:
         media = self._allow(req)
         respond(req, resp, await self._engine.unbind_job_budget(job_id, key), 200, media)
+
+
+class _Filtered(_Licensed):
+    """The filter of a change to every matching job, as DELETE /jobs takes it."""
+
+    def _filter(self, req: falcon.Request):
+        params.reject_unknown(req, params.FILTER_PARAMS)
+        return params.job_filter(req)
+
+
+class JobsBudgetCollection(_Filtered):
+    """DELETE /jobs/budgets?<filters>: every binding of every matching queued job."""
+
+    async def on_delete(self, req: falcon.Request, resp: falcon.Response) -> None:
+        media = self._allow(req)
+        change = await self._engine.clear_jobs_budgets(self._filter(req))
+        respond(req, resp, change, 200, media)
+
+
+class JobsBudgetItem(_Filtered):
+    """POST (bind; bound jobs skipped), PUT (bind or replace), PATCH (cost), DELETE
+    (unbind) /jobs/budgets/{key}?<filters>; answers {changed, blocked}, `blocked`
+    naming in-flight jobs to retry."""
+
+    async def _bind(
+        self, req: falcon.Request, resp: falcon.Response, key: str, replace: bool
+    ) -> None:
+        media = self._allow(req)
+        key = parse_key(key)
+        job_filter = self._filter(req)
+        binding = await read_parsed(req, lambda body, _: _one_binding(body, key), required=False)
+        change = await self._engine.bind_jobs_budget(job_filter, binding, replace=replace)
+        respond(req, resp, change, 200, media)
+
+    async def on_post(self, req: falcon.Request, resp: falcon.Response, key: str) -> None:
+        await self._bind(req, resp, key, replace=False)
+
+    async def on_put(self, req: falcon.Request, resp: falcon.Response, key: str) -> None:
+        await self._bind(req, resp, key, replace=True)
+
+    async def on_patch(self, req: falcon.Request, resp: falcon.Response, key: str) -> None:
+        media = self._allow(req)
+        key = parse_key(key)
+        job_filter = self._filter(req)
+        cost = await read_parsed(req, lambda body, _: _cost_patch(body))
+        change = await self._engine.set_jobs_budget_cost(job_filter, key, cost)
+        respond(req, resp, change, 200, media)
+
+    async def on_delete(self, req: falcon.Request, resp: falcon.Response, key: str) -> None:
+        media = self._allow(req)
+        key = parse_key(key)
+        change = await self._engine.unbind_jobs_budget(self._filter(req), key)
+        respond(req, resp, change, 200, media)

@@ -209,6 +209,10 @@ class BudgetBook:
         """Validate bindings given to an existing job (/jobs/{id}/budgets)."""
         return self._claim([(where, bindings)])
 
+    def claim_many(self, bindings_per_job: list[list[Binding]]) -> Claim:
+        """Validate the new bindings of several existing jobs at once (/jobs/budgets)."""
+        return self._claim([("", bindings) for bindings in bindings_per_job])
+
     def _claim(self, groups: Iterable[tuple[str, list[Binding]]]) -> Claim:
         now = now_ms()
         new: dict[str, Budget] = {}
