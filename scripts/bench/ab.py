@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import re
 import shlex
 import shutil
 import statistics
@@ -26,25 +25,18 @@ import time
 from pathlib import Path
 
 from ratios import zizq_drain_jobs
-from run import bulk_enqueue
+from run import bulk_enqueue, run_wrk
 from server import BenchServer, use_uvloop
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
-LUA = HERE / "post_job.lua"
 
 
 def single_enqueue() -> float:
     with BenchServer() as server:
-        url = f"http://{server.host}:{server.port}/jobs"
-        for seconds in (2, 5):  # warm-up, then the measured run
-            out = subprocess.run(
-                ["wrk", "-t1", "-c32", f"-d{seconds}s", "-s", str(LUA), url],
-                capture_output=True,
-                text=True,
-                check=True,
-            ).stdout
-        return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+        url = f"http://{server.host}:{server.port}"
+        run_wrk(url, 32, 2)  # warm-up
+        return run_wrk(url, 32, 5)[0]
 
 
 def fill_and_drain(jobs: int) -> tuple[float, float]:

@@ -13,16 +13,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from run import run_wrk
 from server import BenchServer
 
 HERE = Path(__file__).resolve().parent
-LUA = HERE / "post_job.lua"
 
 
 def thread_ticks(pid: int) -> dict[str, int]:
@@ -37,20 +36,10 @@ def thread_ticks(pid: int) -> dict[str, int]:
     return ticks
 
 
-def wrk(url: str, seconds: int) -> int:
-    out = subprocess.run(
-        ["wrk", "-t1", "-c32", f"-d{seconds}s", "-s", str(LUA), url],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    return int(re.search(r"(\d+) requests in", out).group(1))
-
-
 def measure(label: str, pid: int, url: str, seconds: int) -> None:
-    wrk(url, 2)  # warm-up
+    run_wrk(url, 32, 2)  # warm-up
     before, started = thread_ticks(pid), time.monotonic()
-    requests = wrk(url, seconds)
+    requests = run_wrk(url, 32, seconds)[0] * seconds
     after, elapsed = thread_ticks(pid), time.monotonic() - started
     hz = os.sysconf("SC_CLK_TCK")
     loop = (after[str(pid)] - before.get(str(pid), 0)) / hz
@@ -74,7 +63,7 @@ def main() -> int:
         measure(
             "zizq single enqueue",
             server.pid,
-            f"http://{server.host}:{server.port}/jobs",
+            f"http://{server.host}:{server.port}",
             args.seconds,
         )
     ceiling = subprocess.Popen(
@@ -83,7 +72,7 @@ def main() -> int:
     try:
         line = ceiling.stdout.readline()  # "Listening on http://HOST:PORT (primary)"
         address = line.split("http://", 1)[1].split()[0]
-        measure("bare route", ceiling.pid, f"http://{address}/jobs", args.seconds)
+        measure("bare route", ceiling.pid, f"http://{address}", args.seconds)
     finally:
         ceiling.terminate()
         ceiling.wait(10)
