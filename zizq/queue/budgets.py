@@ -205,12 +205,8 @@ class BudgetBook:
             for index, spec in enumerate(specs)
         )
 
-    def claim_bindings(self, bindings: list[Binding], where: str = "") -> Claim:
-        """Validate bindings given to an existing job (/jobs/{id}/budgets)."""
-        return self._claim([(where, bindings)])
-
-    def claim_many(self, bindings_per_job: list[list[Binding]]) -> Claim:
-        """Validate the new bindings of several existing jobs at once (/jobs/budgets)."""
+    def claim_bindings(self, bindings_per_job: list[list[Binding]]) -> Claim:
+        """Validate new bindings of existing jobs (/jobs/{id}/budgets, /jobs/budgets)."""
         return self._claim([("", bindings) for bindings in bindings_per_job])
 
     def _claim(self, groups: Iterable[tuple[str, list[Binding]]]) -> Claim:

@@ -95,24 +95,7 @@ class JobBudgets:
         bindings = change(current)
         if len(bindings) > MAX_BINDINGS:
             raise InvalidInput(f"budgets: a job binds at most {MAX_BINDINGS} budgets")
-        claim = self.budgets.claim_bindings(bindings)
-        try:
-            changed = dict(record)
-            if bindings:
-                changed["budgets"] = [{"key": b.key, "cost": b.cost} for b in bindings]
-            else:
-                changed.pop("budgets", None)
-            batch = self.store.batch()
-            claim.write(batch)
-            batch.put_job(job_id, changed, index_key_of(record))
-            self._write_visible(batch)  # raises before anything in memory changed
-            claim.succeeded()
-            self.budgets.unbound([record])
-            self.budgets.bound([changed])
-            # Back in the ready index (or the scheduler): a parked job is judged afresh.
-            self._patches_landed([(job_id, changed)])
-        finally:
-            claim.done()
+        ((_, changed),) = self._write_bindings([(job_id, record, bindings)])
         return public_view(job_id, changed)
 
     # -- every job a filter matches ---------------------------------------------------
@@ -160,7 +143,7 @@ class JobBudgets:
         does not exist and no create_with, a cost it can never pay)."""
         if not must_exist and binding.key not in self.budgets.budgets:
             return  # a PATCH of a cost on a budget nobody has: nothing will match
-        self.budgets.claim_bindings([binding]).done()
+        self.budgets.claim_bindings([[binding]]).done()
 
     async def _rebind_matching(self, job_filter: JobFilter, change: BulkChange) -> dict:
         changed_total = 0
@@ -190,10 +173,13 @@ class JobBudgets:
             self.maintenance.note_patched(changed_total)  # type: ignore[attr-defined]
         return {"changed": changed_total, "blocked": blocked}
 
-    def _write_bindings(self, updates: list[tuple[str, dict, list[Binding]]]) -> None:
-        """One atomic write of new bindings for a slice of queued jobs (no await inside:
-        the slice is applied to the state it was checked against)."""
-        claim = self.budgets.claim_many([bindings for _, _, bindings in updates])
+    def _write_bindings(
+        self, updates: list[tuple[str, dict, list[Binding]]]
+    ) -> list[tuple[str, dict]]:
+        """One atomic write of new bindings for queued jobs (one, or a slice of matches),
+        checked as an enqueue's are; returns the new records. No await inside: the jobs
+        are changed from the state they were checked against."""
+        claim = self.budgets.claim_bindings([bindings for _, _, bindings in updates])
         try:
             batch = self.store.batch()
             claim.write(batch)
@@ -210,9 +196,11 @@ class JobBudgets:
             claim.succeeded()
             self.budgets.unbound([record for _, record, _ in updates])
             self.budgets.bound([changed for _, changed in landed])
+            # Back in the ready index (or the scheduler): a parked job is judged afresh.
             self._patches_landed(landed)
         finally:
             claim.done()
+        return landed
 
 
 def _bound(job_id: str, current: list[Binding], key: str) -> None:
