@@ -201,7 +201,7 @@ async def read_parsed(
     if len(data) <= SMALL_BODY_BYTES:
         # The common case (one job, an ack): a few hundred objects at most, too few for
         # the collector pause or the coroutine layers below to pay for themselves.
-        result = parse(*_decode_small(content_type, data))
+        result = parse(*_decode_now(content_type, data))
         return await result if inspect.isawaitable(result) else result
     slot = _big_body_slot() if len(data) > BIG_BODY_BYTES else contextlib.nullcontext()
     async with slot:
@@ -251,27 +251,15 @@ async def _read_bytes(req: falcon.Request) -> bytes:
     return data
 
 
-def _is_json(content_type: str) -> bool:
+def _decode_now(content_type: str, data: bytes) -> tuple[Any, bool]:
+    """A body one call decodes: JSON, or MessagePack of at most MSGPACK_SLICE_BYTES."""
     # curl -d sends application/x-www-form-urlencoded unless told otherwise; no
     # endpoint takes a form, so reading such a body as JSON is the helpful choice.
-    return content_type in (JSON, FORM) or content_type.endswith("+json")
-
-
-def _loads_json(data: bytes) -> Any:
-    try:
-        return orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidInput(f"body: malformed JSON ({exc})") from None
-
-
-def _bad_msgpack(exc: Exception) -> InvalidInput:
-    return InvalidInput(f"body: malformed MessagePack ({_msgpack_problem(exc)})")
-
-
-def _decode_small(content_type: str, data: bytes) -> tuple[Any, bool]:
-    """`_decode` for a body of at most SMALL_BODY_BYTES (one MessagePack slice)."""
-    if _is_json(content_type):
-        return _loads_json(data), True
+    if content_type in (JSON, FORM) or content_type.endswith("+json"):
+        try:
+            return orjson.loads(data), True
+        except orjson.JSONDecodeError as exc:
+            raise InvalidInput(f"body: malformed JSON ({exc})") from None
     if content_type in MSGPACK_ALIASES:
         try:
             return msgpack.unpackb(data, strict_map_key=False), False
@@ -281,14 +269,16 @@ def _decode_small(content_type: str, data: bytes) -> tuple[Any, bool]:
 
 
 async def _decode(content_type: str, data: bytes) -> tuple[Any, bool]:
-    if _is_json(content_type):
-        return _loads_json(data), True
-    if content_type in MSGPACK_ALIASES:
+    if content_type in MSGPACK_ALIASES and len(data) > MSGPACK_SLICE_BYTES:
         try:
             return await _unpack(data), False
         except Exception as exc:  # msgpack raises several unrelated types for bad input
             raise _bad_msgpack(exc) from None
-    raise UnsupportedMediaType(content_type)
+    return _decode_now(content_type, data)
+
+
+def _bad_msgpack(exc: Exception) -> InvalidInput:
+    return InvalidInput(f"body: malformed MessagePack ({msgpack_problem(exc)})")
 
 
 _gc_pausers = 0  # requests inside gc_paused(); the collector resumes when the last leaves
@@ -313,15 +303,14 @@ def gc_paused() -> Iterator[None]:
 
 
 async def _unpack(data: bytes) -> Any:
-    """One MessagePack object filling `data`, big bodies parsed slice by slice.
+    """One MessagePack object filling `data` (a body larger than a slice), parsed
+    slice by slice.
 
     msgpack's Unpacker keeps a half-built object between feeds, so each slice
     costs only its own bytes; between slices other requests get the loop.
     Limits on string, array and map lengths default to the buffer size, so a
     header announcing 4 billion elements is refused, not allocated.
     """
-    if len(data) <= MSGPACK_SLICE_BYTES:
-        return msgpack.unpackb(data, strict_map_key=False)
     unpacker = msgpack.Unpacker(strict_map_key=False, max_buffer_size=len(data))
     view = memoryview(data)
     slicer = TimeSlicer()
@@ -338,11 +327,12 @@ async def _unpack(data: bytes) -> Any:
     raise msgpack.OutOfData("incomplete input")
 
 
-def _msgpack_problem(exc: Exception) -> str:
+def msgpack_problem(exc: Exception) -> str:
+    """What msgpack found wrong with bytes it was given (a body or a stored payload)."""
     if isinstance(exc, msgpack.StackError):
         return "nested too deeply"
     if isinstance(exc, msgpack.ExtraData):
-        return "extra data after the body"
+        return "extra data after the value"
     if isinstance(exc, msgpack.OutOfData):
         return "incomplete input"
     return str(exc) or type(exc).__name__
@@ -357,7 +347,7 @@ def job_with_payload(view: dict, payload: bytes | None) -> dict:
         view["payload"] = msgpack.unpackb(payload, strict_map_key=False)
     except Exception as exc:  # corrupt stored bytes: show the job, not a 500
         view["payload"] = None
-        view[PAYLOAD_ERROR] = f"the stored payload cannot be read ({_msgpack_problem(exc)})"
+        view[PAYLOAD_ERROR] = f"the stored payload cannot be read ({msgpack_problem(exc)})"
     return view
 
 

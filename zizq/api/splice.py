@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import msgpack
 
+from zizq.api.codec import msgpack_problem
+
 _PAYLOAD_KEY = msgpack.packb("payload")
 # Up to this size a payload is unpacked (which checks it) and the job packed whole:
 # cheaper than setting up a skip over it and splicing (1.4 against 1.8 us).
@@ -26,13 +28,7 @@ UNPACK_CHECK_BYTES = 64
 
 
 def _read_error(exc: Exception) -> ValueError:
-    if isinstance(exc, msgpack.OutOfData):
-        reason = "incomplete input"
-    elif isinstance(exc, msgpack.ExtraData):
-        reason = "extra data after it"
-    else:
-        reason = str(exc) or type(exc).__name__
-    return ValueError(f"the stored payload cannot be read ({reason})")
+    return ValueError(f"the stored payload cannot be read ({msgpack_problem(exc)})")
 
 
 def check_stored(payload: bytes) -> None:
