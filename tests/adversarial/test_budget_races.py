@@ -2,9 +2,9 @@
 
 Many clients (HTTP/1.1 and h2c) create the same budget at once (exactly one 201), bind
 jobs to one key with `create_with` (one budget, every job bound), delete or shrink a
-budget while enqueues bind it (never a job bound to a missing budget or costing more than
-its budget can pay, never a 5xx), and rebind jobs while workers take them (in flight is a
-422, never a 5xx; every budget's draws drain to zero afterwards, so it can be deleted).
+budget while enqueues and filtered rebinds (/jobs/budgets/{key}) bind it (never a job bound to a missing budget or costing more than
+its budget can pay, never a 5xx), and rebind jobs, one at a time and by filter, while
+workers take them (in flight is a 422 or `blocked`, never a 5xx; every budget's draws drain to zero afterwards, so it can be deleted).
 Malformed and huge input is always a 4xx with {"error"}. A server SIGKILLed right after
 acknowledged budget work comes back with every policy and binding, counters equal to a
 scan, and while_in_flight budgets dispatching again (tokens are not persisted: refilled).
@@ -209,8 +209,19 @@ def test_delete_racing_enqueues_never_leaves_a_job_bound_to_a_missing_budget(lic
         race.add("delete", delete_budget(client), {204, 404, 409})
     for client in pool[8:10]:
         race.add("create", create_budget(client), {200})
-    for client in pool[10:]:
-        race.add("delete-jobs", delete_jobs(client), {200})
+
+    def bind_filtered(client):
+        def act(rng: random.Random):
+            key = rng.choice(keys)
+            if rng.random() < 0.5:
+                return client.delete(f"/jobs/budgets/{key}", params={"queue": "dq"})
+            body = {"create_with": wif(3)} if rng.random() < 0.5 else {}
+            return client.put(f"/jobs/budgets/{key}", params={"queue": "dq"}, json=body)
+
+        return act
+
+    race.add("delete-jobs", delete_jobs(pool[10]), {200})
+    race.add("bind-filtered", bind_filtered(pool[11]), {200, 422})
     try:
         race.run()
     finally:
@@ -365,8 +376,27 @@ def test_rebinding_racing_dispatch(licensed):
 
         return act
 
-    for client in pool:
+    def filtered_rebinder(client):
+        """/jobs/budgets[/{key}]: every matching queued job at once, in-flight ones blocked."""
+
+        def act(rng: random.Random):
+            key = rng.choice(["a", "b"])
+            scope = {"queue": "rq"} if rng.random() < 0.5 else {"id": ",".join(rng.sample(ids, 5))}
+            roll = rng.random()
+            if roll < 0.4:
+                return client.put(f"/jobs/budgets/{key}", params=scope, json={"cost": 1})
+            if roll < 0.6:
+                return client.post(f"/jobs/budgets/{key}", params=scope, json={})
+            if roll < 0.8:
+                return client.delete(f"/jobs/budgets/{key}", params=scope)
+            return client.delete("/jobs/budgets", params=scope)
+
+        return act
+
+    for client in pool[:4]:
         race.add("rebind", rebinder(client), {200, 404, 409, 422})
+    for client in pool[4:]:
+        race.add("rebind-filtered", filtered_rebinder(client), {200})
     try:
         race.run()
     finally:
@@ -387,7 +417,7 @@ def test_rebinding_racing_dispatch(licensed):
     assert all("in_flight" in t or "completed" in t or "dead" in t for t in unprocessable), [
         t for t in unprocessable if "in_flight" not in t
     ][:5]
-    assert race.count("rebind", 200) > 20
+    assert race.count("rebind", 200) > 20 and race.count("rebind-filtered", 200) > 5
     # The worker counts only while it holds the job: never above the allocations.
     assert peak["a"] <= 2 and peak["b"] <= 3, peak
     with httpx.Client(base_url=licensed.url) as client:
