@@ -186,9 +186,10 @@ def test_finishing_a_job_deletes_its_errors(make_engine, run, store):
 
 
 def test_only_a_job_that_failed_gets_a_range_delete_of_its_errors(store):
-    key = ("q", "t", "in_flight")
     for attempts, range_deletes in ((0, 0), (1, 1), (None, 1)):
-        record = {} if attempts is None else {"attempts": attempts}
+        record = {"queue": "q", "type": "t", "status": "in_flight"}
+        if attempts is not None:
+            record["attempts"] = attempts
         batch = store.batch(deferred=True)
-        batch.delete_job("0" * 25, key, record)
+        batch.delete_job("0" * 25, record)
         assert [op[0] for op in batch.raw.ops].count(2) == range_deletes, attempts

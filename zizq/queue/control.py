@@ -208,7 +208,7 @@ class JobControl:
             raise NotFound("job not found")
         batch = self.store.batch()
         self._forget_keys(batch, job_id, record)
-        batch.delete_job(job_id, index_key_of(record), record)
+        batch.delete_job(job_id, record)
         self._write_visible(batch)
         self._deletes_landed([(job_id, record)])
 
@@ -279,7 +279,7 @@ class JobControl:
             batch = self.store.batch()
             for job_id, record in found:
                 self._forget_keys(batch, job_id, record)
-                batch.delete_job(job_id, index_key_of(record), record)
+                batch.delete_job(job_id, record)
             self._write_visible(batch)
             self._deletes_landed(found)
             total += len(found)

@@ -48,7 +48,7 @@ class JobOutcomes:
         self, batch: WriteBatch, job_id: str, record: dict, status: str, now: int
     ) -> dict | None:
         """Move a copy of a job to a terminal status; returns it if it is retained."""
-        previous = index_key_of(record)
+        stored, previous = record, index_key_of(record)
         record = dict(record)
         record["status"] = status
         if status == COMPLETED:
@@ -63,7 +63,7 @@ class JobOutcomes:
         keep_ms = retention.get(key, default)
         if keep_ms <= 0:
             self._forget_keys(batch, job_id, record)
-            batch.delete_job(job_id, previous, record)
+            batch.delete_job(job_id, stored)
             return None
         record["purge_at"] = later(now, keep_ms)
         batch.put_job(job_id, record, previous)

@@ -15,7 +15,7 @@ from zizq.logs import log_event
 from zizq.queue.indexes import TimerHeap
 from zizq.queue.pacing import let_requests_in
 from zizq.queue.records import TERMINAL, now_ms
-from zizq.store import Store, WriteBatch, index_key_of
+from zizq.store import Store, WriteBatch
 
 logger = logging.getLogger("zizq.reaper")
 
@@ -79,7 +79,7 @@ class Reaper:
                 ):
                     if self._forget_keys is not None:
                         self._forget_keys(batch, job_id, record)
-                    batch.delete_job(job_id, index_key_of(record), record)
+                    batch.delete_job(job_id, record)
                     removed += 1
                     if logger.isEnabledFor(logging.DEBUG):
                         log_event(logger, logging.DEBUG, "job purged", id=job_id)

@@ -189,8 +189,9 @@ class WriteBatch:
         self.raw.put(layout.error_key(job_id, attempt), msgpack.packb(error), self._store.h_errors)
         self.count += 1
 
-    def delete_job(self, job_id: str, previous: IndexKey, record: dict) -> None:
-        """Remove a job with its payload, index entries and every recorded error.
+    def delete_job(self, job_id: str, record: dict) -> None:
+        """Remove a job (`record`: as stored) with its payload, index entries and every
+        recorded error.
 
         A job that never failed (`attempts` 0: errors are written only with a
         failure, which counts an attempt) has no errors to delete, and gets no
@@ -202,6 +203,7 @@ class WriteBatch:
         if record.get("attempts", 1) != 0:
             start, end = layout.error_key_range(job_id)
             self.raw.delete_range(start, end, self._store.h_errors)
+        previous = index_key_of(record)
         self._index(job_id, previous, present=False)
         self._count(previous, -1)
         self.count += 3
